@@ -25,6 +25,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_cmd_run",
     "_cmd_derive",
     "_cmd_eval",
+    "_cmd_simulate",
+    "_cmd_codegen",
+    "_cmd_trainability",
 )
 
 
