@@ -37,3 +37,4 @@ from ._errors import OutputExistsError as OutputExistsError
 from ._gaussian import LEMMAS as LEMMAS
 from ._gaussian import Lemma as Lemma
 from ._quantities import definitions as definitions
+from ._evaluate import evaluate as evaluate

@@ -196,7 +196,7 @@ class SMatrix:
 # ---------------------------------------------------------------------------------------------
 # The pieces of Sym(1-perp) (Thm 3.6) and their test directions
 # ---------------------------------------------------------------------------------------------
-def test_direction(piece: str) -> SMatrix:
+def piece_direction(piece: str) -> SMatrix:
     """A test direction spanning part of the piece ``G``, ``L`` or ``M`` of Sym(1-perp) (Thm 3.6).
 
     * ``G``: the centering projection G itself (overall scale of the batch).

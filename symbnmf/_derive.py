@@ -12,6 +12,7 @@ is instant (``SYMBNMF_CACHE_DIR``, default ``~/.cache/symbnmf``; ``SYMBNMF_NO_CA
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from ._gaussian import LEMMAS, S_sym, T_sym, closed_form_expectation, to_explici
 from ._quantities import I_S, I_d, I_o, abstract_definitions
 
 _LIMIT_EPS = sp.Symbol("epsilon", positive=True)
+_MEMO: dict = {}
 
 
 def _domain(params: tuple) -> Any:
@@ -87,12 +89,45 @@ def _pretty(e: sp.Expr) -> sp.Expr:
     return sp.Mul(content, sp.Add(*terms), evaluate=False) if content != 1 else sp.Add(*terms)
 
 
-def _series(expr: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
-    """(q_inf, c1) with q = q_inf + c1/B + O(1/B^2)."""
-    e = to_explicit(expr).subs(B, 1 / _LIMIT_EPS)
-    ser = sp.series(e, _LIMIT_EPS, 0, 2).removeO()
-    q0 = sp.factor(sp.simplify(ser.coeff(_LIMIT_EPS, 0)))
-    c1 = sp.factor(sp.simplify(ser.coeff(_LIMIT_EPS, 1)))
+@functools.lru_cache(maxsize=None)
+def _asymptotic_pieces(order: int) -> tuple[sp.Expr, sp.Expr]:
+    """theta_B and S_B as truncated Laurent series in epsilon = 1/B."""
+    e = _LIMIT_EPS
+    Tser = sp.series(sp.acos(e / (1 - e)), e, 0, order).removeO()
+    Sser = sp.expand(sp.series(sp.sqrt(1 - 2 * e), e, 0, order).removeO() / e)
+    return Tser, Sser
+
+
+def _leading(p: sp.Expr, order: int) -> tuple[int, sp.Expr, sp.Expr]:
+    """(k, c0, c1) with p = eps^k (c0 + c1 eps + ...) as B = 1/eps -> infinity."""
+    Tser, Sser = _asymptotic_pieces(order)
+    e = sp.expand(p.subs({T_sym: Tser, S_sym: Sser, B: 1 / _LIMIT_EPS}))
+    if e == 0:
+        return 0, sp.S.Zero, sp.S.Zero
+    shift = 4 * order
+    poly = sp.Poly(sp.expand(e * _LIMIT_EPS**shift), _LIMIT_EPS)
+    terms = sorted(poly.terms(), key=lambda t: t[0][0])
+    k0 = terms[0][0][0]
+    coeffs = dict((m[0], c) for m, c in terms)
+    return k0 - shift, sp.simplify(coeffs.get(k0, 0)), sp.simplify(coeffs.get(k0 + 1, 0))
+
+
+def _series(num: sp.Expr, den: sp.Expr, order: int = 10) -> tuple[sp.Expr, sp.Expr]:
+    """(q_inf, c1) with num/den = q_inf + c1/B + O(1/B^2), num/den polynomials in B, theta_B, S_B.
+
+    theta_B = pi/2 - 1/B - 1/B^2 + ... and S_B = B sqrt(1 - 2/B) are expanded to ``order`` terms
+    (more than enough: the convergence-order test checks the O(1/B^2) remainder numerically).
+    """
+    if num == 0:
+        return sp.S.Zero, sp.S.Zero
+    kn, n0, n1 = _leading(num, order)
+    kd, d0, d1 = _leading(den, order)
+    if kn < kd:
+        return sp.oo, sp.nan
+    if kn > kd:
+        return sp.S.Zero, sp.factor(sp.simplify(n0 / d0)) if kn - kd == 1 else sp.S.Zero
+    q0 = sp.factor(sp.simplify(n0 / d0))
+    c1 = sp.factor(sp.simplify((n1 * d0 - n0 * d1) / d0**2))
     return q0, c1
 
 
@@ -121,6 +156,9 @@ def derive(activation: "str | Activation", *, use_cache: bool = True, limits: bo
     at 0 (use ``symbnmf.evaluate(..., method="quadrature")`` for those).
     """
     act = get_activation(activation)
+    memo_key = (_activation_key(act), limits)
+    if use_cache and memo_key in _MEMO:
+        return _MEMO[memo_key]
     hp = act.half_polynomial
     if hp is None:
         raise NoClosedFormError(
@@ -132,10 +170,14 @@ def derive(activation: "str | Activation", *, use_cache: bool = True, limits: bo
     cfile = cdir / f"derive-{_activation_key(act)}-{int(limits)}.json" if cdir else None
     if cfile is not None and cfile.exists():
         try:
-            return Derivation.from_json(json.loads(cfile.read_text()))
+            d = Derivation.from_json(json.loads(cfile.read_text()))
+            _MEMO[memo_key] = d
+            return d
         except Exception:  # corrupt cache entry: derive again
             pass
     d = _derive(act, hp, limits=limits)
+    if use_cache:
+        _MEMO[memo_key] = d
     if cfile is not None:
         try:
             cfile.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +197,7 @@ def _derive(act: Activation, hp, *, limits: bool) -> Derivation:
     defs = abstract_definitions()
     d = Derivation(activation=act.label, phi=act.bound_expr, conventions=CONVENTIONS, version=__version__)
     cache: dict = {}
+    ratios: dict = {}
 
     def cf(integral) -> sp.Poly:
         key = integral.terms
@@ -199,6 +242,7 @@ def _derive(act: Activation, hp, *, limits: bool) -> Derivation:
         if num == 0:
             expr = sp.S.Zero
         d.quantities[name] = expr
+        ratios[name] = (num, den)
         steps.append(Step("Result", sp.Eq(sp.Symbol(_sym(name)), expr), "substitute and simplify (S_B^2 = B(B-2))"))
         d.steps[name] = steps
     lamG = d.quantities["backward.G"]
@@ -209,10 +253,7 @@ def _derive(act: Activation, hp, *, limits: bool) -> Derivation:
         for name in QUANTITIES:
             if name == "depth_scale":
                 continue
-            try:
-                d.limits[name] = _series(d.quantities[name])
-            except Exception:  # pragma: no cover - SymPy series failure: leave the limit out
-                continue
+            d.limits[name] = _series(*ratios[name])
         if "backward.G" in d.limits and sp.simplify(d.limits["backward.G"][0] - 1) != 0:
             # (for backward.G -> 1, as for the identity, xi grows like B and has no finite limit)
             q0, c1 = d.limits["backward.G"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ._algebra import B, SMatrix, test_direction
+from ._algebra import B, SMatrix, piece_direction
 from ._sphere import DPHI, PHI, U, IndexTerm, SphereIntegral, sphere_integral
 
 I_S, I_d, I_o = sp.symbols("I_S I_d I_o")
@@ -56,7 +56,7 @@ def _offdiag() -> SphereIntegral:
 
 @functools.lru_cache(maxsize=None)
 def _forward_integral(piece: str) -> tuple[SphereIntegral, sp.Expr, sp.Expr]:
-    D = test_direction(piece)
+    D = piece_direction(piece)
     n = D.n
     quartic = IndexTerm((B - 1) / B, ((D, "i", "j"), (D, "k", "l")), ((PHI, "i"), (PHI, "j"), (U, "k"), (U, "l")))
     trD = D.trace()
@@ -68,7 +68,7 @@ def _forward_integral(piece: str) -> tuple[SphereIntegral, sp.Expr, sp.Expr]:
 
 @functools.lru_cache(maxsize=None)
 def _backward_integral(piece: str) -> tuple[SphereIntegral, sp.Expr]:
-    D = test_direction(piece)
+    D = piece_direction(piece)
     n = D.n
     G = SMatrix.centering(n)
     # tr(D P Phi' D Phi' P) = sum_{ijkl} D_ij P_jk Phi'_k D_kl Phi'_l P_li, P_ab = G_ab - u_a u_b / B
@@ -110,14 +110,14 @@ def abstract_definitions() -> dict[str, QuantityDefinition]:
         out[f"forward.{piece}"] = QuantityDefinition(
             f"forward.{piece}", formula, {I_S: S, I_d: diag, I_o: off},
             r"\lambda^{\uparrow}_{%s} = \frac{\langle \Delta, \mathrm{d}V_{G}[\Delta]\rangle}{\mu^*\,\|\Delta\|^2}" % piece,
-            "Thm 3.6, 3.7", test_direction(piece))
+            "Thm 3.6, 3.7", piece_direction(piece))
     for piece in "GLM":
         S, norm = _backward_integral(piece)
         formula = B * I_S / ((B - 3) * mu * norm)
         out[f"backward.{piece}"] = QuantityDefinition(
             f"backward.{piece}", formula, {I_S: S, I_d: diag, I_o: off},
             r"\lambda^{\downarrow}_{%s} = \frac{\langle \Delta, \mathbb{E}[J^\top \Delta J]\rangle}{\|\Delta\|^2}" % piece,
-            "Thm 3.9, 3.10", test_direction(piece))
+            "Thm 3.9, 3.10", piece_direction(piece))
     return out
 
 

@@ -1,0 +1,153 @@
+"""The evaluation front door: numbers for every quantity at integer batch sizes.
+
+``evaluate(activation, Bs, method=...)`` returns one record per B in the ``eval --json`` schema:
+
+    {"B": int, "method": str,
+     "fixed_point": {"diag": float, "offdiag": float},
+     "forward": {"G": float, "L": float, "M": float},
+     "backward": {"G": float, "L": float, "M": float},
+     "depth_scale": float,
+     "mp": {... the same with N-digit strings ...}   # only when dps is given
+     ...}                                             # plus back-end metadata (e.g. "tolerance")
+
+Back ends (:data:`METHODS`) are functions ``(activation, B, dps) -> dict`` mapping each name of
+:data:`symbnmf.QUANTITIES` to an mpmath number (or float), optionally with a ``"_meta"`` dict
+merged into the record.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterable, Sequence
+
+import mpmath as mp
+import sympy as sp
+
+from ._activations import Activation, get_activation
+from ._algebra import B as Bsym
+from ._conventions import CONVENTIONS, QUANTITIES, check_batch_size
+from ._errors import NoClosedFormError, SymbnmfError
+
+#: Digits used internally when only doubles are asked for (then rounded to float64).
+DOUBLE_DPS = 30
+
+
+def closed_form_backend(act: Activation, B: int, dps: int | None) -> dict[str, Any]:
+    """Evaluate the derived closed forms (:func:`symbnmf.derive`) at B with ``dps`` digits."""
+    from ._derive import derive
+
+    act.require_bound()
+    d = derive(act)
+    digits = max(dps or 0, DOUBLE_DPS)
+    subs = {Bsym: sp.Integer(B)}
+    subs.update({p: act.values[p.name] for p in act.parameters if p.name in act.values})
+    out: dict[str, Any] = {}
+    with mp.workdps(digits + 5):
+        for name in QUANTITIES:
+            val = sp.N(d.quantities[name].subs(subs), digits + 5)
+            if not val.is_real:
+                raise SymbnmfError(f"{name} is not real at B={B} ({val}); the closed form is outside its domain")
+            out[name] = mp.mpf(sp.Float(val, digits + 5)._mpf_)
+    out["_meta"] = {"tolerance": {"relative": 0.0, "note": "exact closed form evaluated with "
+                                  f"{digits + 5} significant digits"}}
+    return out
+
+
+def _lazy(module: str, attr: str) -> Callable[..., dict]:
+    def call(act: Activation, B: int, dps: int | None) -> dict:
+        try:
+            fn = getattr(importlib.import_module(module, __package__), attr)
+        except (ImportError, AttributeError) as exc:  # pragma: no cover - a back end missing from the install
+            raise SymbnmfError(f"evaluation method back end {module}.{attr} is unavailable: {exc}") from None
+        return fn(act, B, dps)
+
+    return call
+
+
+#: method name -> back end
+METHODS: dict[str, Callable[[Activation, int, int | None], dict]] = {
+    "closed-form": closed_form_backend,
+    "quadrature": _lazy("._quadrature", "quadrature_backend"),
+    "fast": _lazy("._fastquad", "evaluate_fast"),
+}
+
+
+def _group(values: dict[str, Any], conv: Callable[[Any], Any]) -> dict[str, Any]:
+    rec: dict[str, Any] = {}
+    for name in QUANTITIES:
+        v = conv(values[name])
+        if "." in name:
+            head, tail = name.split(".")
+            rec.setdefault(head, {})[tail] = v
+        else:
+            rec[name] = v
+    return rec
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, mp.mpc) or (hasattr(v, "imag") and not isinstance(v, float) and v.imag != 0):
+        raise SymbnmfError(f"a quantity evaluated to a complex number ({v}); report this as a bug")
+    return float(v)
+
+
+def _to_str(dps: int) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        if isinstance(v, float):
+            return repr(v)
+        with mp.workdps(dps + 10):
+            return mp.nstr(v if isinstance(v, mp.mpf) else mp.mpf(v), dps, strip_zeros=False)
+
+    return conv
+
+
+def resolve_method(act: Activation, method: str) -> str:
+    """``auto`` -> closed-form when phi has one, else quadrature."""
+    if method == "auto":
+        return "closed-form" if act.has_closed_form else "quadrature"
+    if method not in METHODS:
+        raise SymbnmfError(f"unknown method {method!r}; use one of auto, {', '.join(METHODS)}")
+    if method == "closed-form" and not act.has_closed_form:
+        raise NoClosedFormError(
+            f"activation {act.label!r} has no closed form; use method='quadrature' (`symbnmf eval` picks it "
+            "automatically) or method='fast'"
+        )
+    return method
+
+
+def evaluate(activation: "str | Activation", Bs: "int | Iterable[int]", *, method: str = "auto",
+             dps: int | None = None, **params: Any) -> list[dict[str, Any]]:
+    """Every mean-field quantity of ``activation`` at each batch size in ``Bs``.
+
+    Conventions of ``shared/theory.md``; see the module docstring for the record schema.
+    ``method``: ``auto`` (closed form when one exists, else quadrature), ``closed-form``,
+    ``quadrature`` (mpmath, certified), ``fast`` (JAX fixed Gauss quadrature). ``dps`` adds an
+    ``"mp"`` block with ``dps``-digit strings. ``params`` bind activation parameters.
+    """
+    act = get_activation(activation, **params)
+    act.require_bound()
+    Blist: Sequence[int] = [Bs] if isinstance(Bs, (int,)) else list(Bs)
+    if not Blist:
+        raise SymbnmfError("no batch size given; pass e.g. --batch-size 4 8 16")
+    Blist = [check_batch_size(b) for b in Blist]
+    if dps is not None and (not isinstance(dps, int) or dps < 5 or dps > 10000):
+        raise SymbnmfError(f"--dps must be an integer between 5 and 10000, got {dps!r}")
+    m = resolve_method(act, method)
+    backend = METHODS[m]
+    out = []
+    for b in Blist:
+        vals = backend(act, b, dps)
+        meta = dict(vals.pop("_meta", {}) or {})
+        rec: dict[str, Any] = {"B": b, "method": m}
+        rec.update(_group(vals, _to_float))
+        if dps is not None:
+            rec["mp"] = _group(vals, _to_str(dps))
+            rec["mp"]["dps"] = dps
+        rec.update(meta)
+        out.append(rec)
+    return out
+
+
+def evaluation_document(activation: "str | Activation", records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one JSON object printed by ``symbnmf eval --json``."""
+    act = get_activation(activation)
+    return {"activation": act.label, "phi": str(act.bound_expr), "conventions": CONVENTIONS, "results": records}
