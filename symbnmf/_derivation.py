@@ -85,7 +85,6 @@ class Derivation:
         lines = [
             r"\documentclass{article}",
             r"\usepackage{amsmath,amssymb}",
-            r"\usepackage[margin=2cm]{geometry}",
             r"\allowdisplaybreaks",
             r"\begin{document}",
             r"\section*{Mean field theory of batch normalization: %s}" % latex_text(self.activation),
@@ -118,7 +117,7 @@ class Derivation:
             lines.append(r"\begin{enumerate}")
             for st in steps:
                 lines.append(r"\item \textbf{%s} (%s)" % (latex_text(st.name), latex_text(st.justification)))
-                lines.append(r"\begin{dmath*}" if False else r"\[")
+                lines.append(r"\[")
                 lines.append(st.latex)
                 lines.append(r"\]")
             lines.append(r"\end{enumerate}")

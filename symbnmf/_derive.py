@@ -109,10 +109,10 @@ def _leading(p: sp.Expr, order: int) -> tuple[int, sp.Expr, sp.Expr]:
     terms = sorted(poly.terms(), key=lambda t: t[0][0])
     k0 = terms[0][0][0]
     coeffs = dict((m[0], c) for m, c in terms)
-    return k0 - shift, sp.simplify(coeffs.get(k0, 0)), sp.simplify(coeffs.get(k0 + 1, 0))
+    return k0 - shift, sp.cancel(coeffs.get(k0, 0)), sp.cancel(coeffs.get(k0 + 1, 0))
 
 
-def _series(num: sp.Expr, den: sp.Expr, order: int = 10) -> tuple[sp.Expr, sp.Expr]:
+def _series(num: sp.Expr, den: sp.Expr, order: int = 6) -> tuple[sp.Expr, sp.Expr]:
     """(q_inf, c1) with num/den = q_inf + c1/B + O(1/B^2), num/den polynomials in B, theta_B, S_B.
 
     theta_B = pi/2 - 1/B - 1/B^2 + ... and S_B = B sqrt(1 - 2/B) are expanded to ``order`` terms

@@ -22,6 +22,7 @@ from ._errors import SymbnmfError
 
 #: Subcommand modules, in the order ``symbnmf --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "_cmd_run",
     "_cmd_derive",
     "_cmd_eval",
     "_cmd_simulate",
