@@ -27,9 +27,7 @@ class Step:
 
     @property
     def latex(self) -> str:
-        if isinstance(self.equation, str):
-            return self.equation
-        return sp.latex(self.equation)
+        return compact_latex(self.equation)
 
     def to_json(self) -> dict:
         return {"name": self.name, "latex": self.latex, "justification": self.justification}
@@ -37,6 +35,18 @@ class Step:
 
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def compact_latex(expr: Any) -> str:
+    """LaTeX with theta_B = arccos(1/(B-1)) and S_B = sqrt(B(B-2)) written as symbols."""
+    if isinstance(expr, str):
+        return expr
+    from ._algebra import B
+
+    theta, S = sp.Symbol(r"\theta_B"), sp.Symbol("S_B")
+    e = expr.subs(sp.acos(1 / (B - 1)), theta)
+    e = e.subs(sp.sqrt(B) * sp.sqrt(B - 2), S).subs(B ** sp.Rational(3, 2) * (B - 2) ** sp.Rational(3, 2), S**3)
+    return sp.latex(e)
 
 
 def latex_text(s: str) -> str:
@@ -101,7 +111,7 @@ class Derivation:
         lines.append(r"\begin{align*}")
         rows = []
         for name, expr in self.quantities.items():
-            rows.append(r"%s &= %s" % (QUANTITY_SYMBOLS.get(name, name), sp.latex(expr)))
+            rows.append(r"%s &= %s" % (QUANTITY_SYMBOLS.get(name, name), compact_latex(expr)))
         lines.append(" \\\\\n".join(rows))
         lines.append(r"\end{align*}")
         if self.limits:
@@ -109,7 +119,7 @@ class Derivation:
             lines.append(r"\begin{align*}")
             rows = []
             for name, (q0, c1) in self.limits.items():
-                rows.append(r"%s &\to %s, & c_1 &= %s" % (QUANTITY_SYMBOLS.get(name, name), sp.latex(q0), sp.latex(c1)))
+                rows.append(r"%s &\to %s, & c_1 &= %s" % (QUANTITY_SYMBOLS.get(name, name), compact_latex(q0), compact_latex(c1)))
             lines.append(" \\\\\n".join(rows))
             lines.append(r"\end{align*}")
         for name, steps in self.steps.items():
@@ -125,7 +135,8 @@ class Derivation:
         return "\n".join(lines) + "\n"
 
     def _repr_latex_(self) -> str:
-        rows = [r"%s &= %s" % (QUANTITY_SYMBOLS.get(n, n), sp.latex(e)) for n, e in self.quantities.items()]
+        rows = [r"%s &= %s" % (QUANTITY_SYMBOLS.get(n, n), compact_latex(e)) for n, e in self.quantities.items()]
+        rows.append(r"&\text{with } \theta_B = \arccos\tfrac{1}{B-1},\ S_B = \sqrt{B(B-2)}")
         return r"$\begin{aligned}" + r"\\".join(rows) + r"\end{aligned}$"
 
     def to_json(self) -> dict:
