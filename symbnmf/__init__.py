@@ -38,3 +38,11 @@ from ._gaussian import LEMMAS as LEMMAS
 from ._gaussian import Lemma as Lemma
 from ._quantities import definitions as definitions
 from ._evaluate import evaluate as evaluate
+from ._quadrature import sphere_quadrature as sphere_quadrature
+from ._quadrature import sphere_expectations as sphere_expectations
+from ._quadrature import evaluate_quadrature as evaluate_quadrature
+from ._laplace import laplace_V as laplace_V
+from ._laplace import laplace_iterate as laplace_iterate
+from ._certify import certify as certify
+from ._limits import gaussian_limits as gaussian_limits
+from ._transition import critical_alpha as critical_alpha

@@ -94,10 +94,8 @@ def closed_forms(activation: Any) -> dict[str, sp.Expr]:
             f"{act.label} has no closed form in symbnmf (only piecewise-polynomial activations with "
             "their kink at 0 do); use `symbnmf eval` with the quadrature method instead"
         )
-    try:
-        from . import derive  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - the derivation stage is not installed
-        raise NoClosedFormError("symbnmf.derive is not available in this installation") from None
+    from ._derive import derive
+
     return dict(derive(act).quantities)
 
 

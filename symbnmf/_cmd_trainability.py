@@ -76,6 +76,9 @@ def theory_records(activation: Any, Bs: Sequence[int], method: str = "auto") -> 
             reason = f"theory unavailable: {exc}"
         except Exception as exc:  # noqa: BLE001 - the experiment must survive a theory failure
             reason = f"theory unavailable ({type(exc).__name__}: {exc})"
+    small = [int(b) for b in Bs if int(b) < 4]
+    if small and reason is None:
+        reason = f"B={', '.join(map(str, small))} is outside the theory (needs B >= 4, App. J): no prediction there"
     return [out.get(int(b)) for b in Bs], source, reason
 
 
@@ -117,7 +120,7 @@ def run_grid(
     """
     from tqdm import tqdm
 
-    from ._train import TrainConfig, load_digits, max_trainable_depth, train_network
+    from ._train import TrainConfig, load_digits, train_network
 
     depths = sorted({int(d) for d in depths})
     batch_sizes = sorted({int(b) for b in batch_sizes})
@@ -146,25 +149,7 @@ def run_grid(
     chance = ds.chance
     best = float(acc.max())
     threshold = chance + 0.5 * (best - chance)
-    theory_act = _theory_activation(activation, gamma, beta)
-    if eps != 0:
-        recs, source, reason = [None] * len(batch_sizes), "none", "BN eps > 0 has no mean field theory in symbnmf (theory uses eps = 0)"
-    else:
-        recs, source, reason = theory_records(theory_act, batch_sizes, theory_method)
-    comparison = []
-    for i, b in enumerate(batch_sizes):
-        m = max_trainable_depth(depths, acc[i], threshold)
-        rec = recs[i]
-        pred = None if rec is None else DEPTH_MULTIPLE * float(rec["depth_scale"])
-        comparison.append({
-            "B": b,
-            "backward_G": None if rec is None else float(rec["backward"]["G"]),
-            "predicted_max_depth": pred,
-            **{f"measured_{k}": v for k, v in m.items()},
-            "ratio_measured_over_predicted": (None if pred is None or m["estimate"] is None
-                                              else m["estimate"] / pred),
-        })
-    return {
+    report = {
         "experiment": "trainability (paper Fig 2)",
         "dataset": ds.name,
         "n_train": int(len(ds.y_train)),
@@ -177,12 +162,46 @@ def run_grid(
         "batch_sizes": batch_sizes,
         "accuracy": acc.round(4).tolist(),
         "threshold": threshold,
-        "theory": {"activation": str(theory_act), "source": source, "reason": reason,
-                   "rule": f"{DEPTH_MULTIPLE} * depth_scale = {DEPTH_MULTIPLE}/ln backward.G"},
-        "comparison": comparison,
         "runs": runs,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    return attach_theory(report, theory_method)
+
+
+def attach_theory(report: dict[str, Any], theory_method: str = "auto") -> dict[str, Any]:
+    """(Re)compute ``report["theory"]`` and the per-B ``comparison`` (16 xi vs measured bracket).
+
+    Uses the unrounded accuracies of ``report["runs"]`` and ``report["threshold"]``; lets a
+    finished grid pick up a better theory path (e.g. closed forms) without retraining.
+    """
+    from ._train import max_trainable_depth
+
+    s = report["settings"]
+    depths, batch_sizes = report["depths"], report["batch_sizes"]
+    acc = {(r["batch_size"], r["depth"]): r["test_accuracy"] for r in report["runs"]}
+    theory_act = _theory_activation(s["activation"], s["gamma"], s["beta"])
+    if s["eps"] != 0:
+        recs, source, reason = [None] * len(batch_sizes), "none", "BN eps > 0 has no mean field theory in symbnmf (theory uses eps = 0)"
+    else:
+        recs, source, reason = theory_records(theory_act, batch_sizes, theory_method)
+    comparison = []
+    for i, b in enumerate(batch_sizes):
+        m = max_trainable_depth(depths, [acc[(b, d)] for d in depths], report["threshold"])
+        rec = recs[i]
+        pred = None if rec is None else DEPTH_MULTIPLE * float(rec["depth_scale"])
+        comparison.append({
+            "B": b,
+            "backward_G": None if rec is None else float(rec["backward"]["G"]),
+            "theory_method": None if rec is None else rec.get("method"),
+            "predicted_max_depth": pred,
+            **{f"measured_{k}": v for k, v in m.items()},
+            "ratio_measured_over_predicted": (None if pred is None or m["estimate"] is None
+                                              else m["estimate"] / pred),
+        })
+    report["theory"] = {"activation": str(theory_act), "source": source, "reason": reason,
+                        "rule": f"{DEPTH_MULTIPLE} * depth_scale = {DEPTH_MULTIPLE}/ln backward.G"}
+    report["comparison"] = comparison
+    return report
 
 
 def _theory_activation(activation: str, gamma: float, beta: float) -> Any:
@@ -244,7 +263,15 @@ def write_figure(report: dict[str, Any], path: str) -> None:
         ax.plot(*zip(*pts), "w-o", lw=2, label=r"theory $16\,\xi(B) = 16/\ln\lambda_G^{\downarrow}(B)$")
     meas = [(c["B"], c["measured_estimate"]) for c in comp if c["measured_estimate"] is not None]
     if meas:
-        ax.plot(*zip(*meas), "r--s", lw=1.5, label="measured max depth (acc. midpoint)")
+        ax.plot(*zip(*meas), "r--", lw=1.5)
+        closed = [(c["B"], c["measured_estimate"]) for c in comp
+                  if c["measured_estimate"] is not None and c["measured_first_untrainable"] is not None]
+        open_ = [(c["B"], c["measured_estimate"]) for c in comp
+                 if c["measured_estimate"] is not None and c["measured_first_untrainable"] is None]
+        if closed:
+            ax.plot(*zip(*closed), "rs", label="measured max depth (accuracy midpoint, geometric bracket centre)")
+        if open_:
+            ax.plot(*zip(*open_), "r^", label="whole depth grid trains (max depth ≥)")
     ax.set_ylim(0, max(depths) * 1.05)
     s = report["settings"]
     ax.set_title(f"{s['activation']} + BN on digits: width {s['width']}, {s['steps']} {s['optimizer'].upper()} steps, lr {s['lr']:g}",

@@ -58,13 +58,17 @@ def _prepare(B, *params):
     args = [jnp.asarray(v) for v in (B,) + params]
     dtype = jnp.result_type(*args, 1.0)
     args = jnp.broadcast_arrays(*[v.astype(dtype) for v in args])
-    if not isinstance(args[0], jax.core.Tracer) and bool(jnp.any(args[0] < 4)):
+    try:  # eager calls check B; traced ones (jit, vmap, grad) cannot and give NaN instead
+        bad = bool(jnp.any(args[0] < 4))
+    except jax.errors.ConcretizationTypeError:
+        bad = False
+    if bad:
         raise ValueError("batch size B must be >= 4 for the mean field formulas (App. J); use B >= 4")
     return args
 
 
 def _finish(value, B):
-    value = jnp.where(B >= 4, value, jnp.nan)  # only reachable under jit (eager calls raise)
+    value = jnp.where(B >= 4, value, jnp.nan)  # only reachable when traced (eager calls raise)
     return jnp.broadcast_to(jnp.asarray(value, dtype=B.dtype), B.shape)
 ''',
     "numpy": '''

@@ -29,10 +29,18 @@ Rules.
   lines y1 = 0 and y2 = 0 cross the disk: an activation with kinks only at 0 (ReLU, leaky
   ReLU, |x|, ...) is analytic on every sector.
 
-Every evaluation is done with two rules (n_rho, n_psi) and a coarser one; their difference is
-the error estimate, and :class:`~symbnmf._errors.ConvergenceError` is raised where it exceeds
-``rtol`` (1e-10 relative by default): a wrong digit is never returned silently. Activations
-with kinks away from 0 are refused with a message naming ``method="quadrature"`` (mpmath).
+Kinks away from 0 (e.g. ReLU with BN's beta, relu(x + b), with b a grid parameter) use a second
+scheme, iterated angles (Lemma ``iterated_two_coordinate_law``, see :func:`_iterated_expectations`):
+theta for y1 with weight sin^{B-3}, then phi for y2 given theta with weight sin^{B-4}, both by
+Gauss-Legendre on pieces split *inside the jitted kernel* at the kinks (computed from the
+parameters), at the theta where a kink line is tangent to the inner circle, and truncated to
+the window where the weights exceed 1e-16 of their peak.
+
+Every evaluation is done with two rules (polar: (n_rho, n_psi per sector) = (40, 28) and a
+coarser (32, 24); iterated: points per piece (32, 28) and (28, 24)); their difference is the
+error estimate. Where it exceeds ``rtol`` (1e-10 relative by default) the pair is enlarged
+twice (x2, x3); if that still fails, :class:`~symbnmf._errors.ConvergenceError` is raised: a
+wrong digit is never returned silently (steep activations such as tanh(60 x) are refused).
 
 Everything runs with 64-bit JAX inside ``jax.enable_x64(True)``; results are numpy float64.
 """
@@ -50,11 +58,14 @@ import sympy as sp
 
 from ._conventions import QUANTITIES, check_batch_size
 from ._errors import ActivationError, ConvergenceError, SymbnmfError
-from ._jaxprint import print_assignments
+from ._jaxprint import jax_code, print_assignments
 
 #: Default rule sizes: (radial nodes, angular nodes per sector); the second is the check rule.
 FINE = (40, 28)
 COARSE = (32, 24)
+#: Iterated scheme (kinks away from 0): Gauss-Legendre points per piece in theta and in phi.
+ITER_FINE = (32, 28)
+ITER_COARSE = (28, 24)
 
 #: Largest number of (parameter point, B, node) triples evaluated in one jitted call.
 _CHUNK_POINTS = 2**22
@@ -146,8 +157,13 @@ class _Plan:
     pairs: tuple[tuple[sp.Expr, sp.Expr], ...]
     params: tuple[sp.Symbol, ...]
     names: tuple[str, ...]  # quantity names, in output order
-    integrand_src: str
+    integrand_src: str  # def integrand(y1, y2, *params): the two-coordinate pairs (two_idx)
+    integrand1_src: str  # def integrand1(y1, *params): the one-coordinate pairs, f2 = 1 (one_idx)
+    one_idx: tuple[int, ...]
+    two_idx: tuple[int, ...]
     combine_src: str
+    kinks_src: str  # def kinks(*params) -> tuple (empty: kinks only at 0, polar scheme)
+    kinks1_src: str  # def kinks(*params) -> tuple of all kinks (also 0), for the one-coordinate rule
 
 
 def _plan(activation: Any, quantities: Sequence[str]) -> _Plan:
@@ -180,21 +196,40 @@ def _plan(activation: Any, quantities: Sequence[str]) -> _Plan:
             subs[ph] = total
         exprs.append(sp.sympify(qd.formula).xreplace(subs))
     pnames = [f"_p{i}" for i in range(len(params))]
-    # integrand(y1, y2, *params) -> tuple of f1*f2 for every distinct pair (shared subexpressions)
+    # integrand(y1, y2, *params) -> f1*f2 for the two-coordinate pairs; integrand1(y1, *params) ->
+    # f(y1) for the one-coordinate pairs (f2 = 1: a 1-D rule suffices); shared subexpressions
+    kinks = kink_expressions(act)
+    iterated = not all(k == 0 for k in kinks)
+    # (the polar scheme integrates one-coordinate pairs with its 2-D rule too: its radial Gauss rule
+    # resolves near-real poles such as those of tanh(g y) at y = i pi/(2g) that a theta rule misses)
+    one_idx = tuple(i for i, (f1, f2) in enumerate(pairs) if iterated and (f1 == 1 or f2 == 1))
+    two_idx = tuple(i for i in range(len(pairs)) if i not in one_idx)
     names = {y1: "y1", y2: "y2", **dict(zip(params, pnames))}
-    lines, outs, _ = print_assignments([f1 * f2 for f1, f2 in pairs], names, target="jax", prefix="_u")
-    integrand_src = "\n".join(
-        [f"def integrand(y1, y2{''.join(', ' + p for p in pnames)}):"]
-        + [f"    {ln}" for ln in lines]
-        + [f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})"]
-    )
+    psig = "".join(", " + p for p in pnames)
+
+    def _src(fname: str, sig: str, exprs: list[sp.Expr], prefix: str) -> str:
+        if not exprs:
+            return f"def {fname}({sig}):\n    return ()"
+        lines, outs, _ = print_assignments(exprs, names, target="jax", prefix=prefix)
+        return "\n".join([f"def {fname}({sig}):"] + [f"    {ln}" for ln in lines]
+                         + [f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})"])
+
+    integrand_src = _src("integrand", "y1, y2" + psig, [pairs[i][0] * pairs[i][1] for i in two_idx], "_u")
+    ones = [(pairs[i][0] if pairs[i][1] == 1 else pairs[i][1].subs(y2, y1)) for i in one_idx]
+    integrand1_src = _src("integrand1", "y1" + psig, ones, "_s")
     cnames = {Bsym: "B", **dict(zip(params, pnames)), **{e: e.name for e in esyms}}
     lines, outs, _ = print_assignments(exprs, cnames, target="jax", prefix="_v")
     args = ", ".join(["B", *pnames, *[e.name for e in esyms]])
     combine_src = "\n".join(
         [f"def combine({args}):"] + [f"    {ln}" for ln in lines] + [f"    return ({', '.join(outs)},)"]
     )
-    return _Plan(tuple(pairs), tuple(params), tuple(need), integrand_src, combine_src)
+    kinks1_src = (
+        f"def kinks({', '.join(pnames)}):\n    return ({', '.join(jax_code(k, names=dict(zip(params, pnames))) for k in kinks)},)"
+        if kinks else f"def kinks({', '.join(pnames)}):\n    return ()"
+    )
+    kinks_src = kinks1_src if iterated else ""
+    return _Plan(tuple(pairs), tuple(params), tuple(need), integrand_src, integrand1_src, one_idx, two_idx,
+                 combine_src, kinks_src, kinks1_src)
 
 
 def _exec(src: str, name: str) -> Callable[..., Any]:
@@ -206,13 +241,165 @@ def _exec(src: str, name: str) -> Callable[..., Any]:
     return ns[name]
 
 
-def _check_activation(act: Any) -> None:
-    bad = [k for k in act.kinks if k != 0]
-    if bad:
-        raise SymbnmfError(
-            f"the fast path splits only at kinks at 0, but {act.label} has kinks at {bad}; "
-            "use method='quadrature' (mpmath, splits at any kink)"
-        )
+def kink_expressions(act: Any) -> tuple[sp.Expr, ...]:
+    """Kinks of phi and phi' as expressions in the free parameters (e.g. -b for relu(x + b)).
+
+    Read off the Piecewise conditions, Abs, sign, Heaviside and Max/Min arguments; each must be
+    linear in x (a straight kink line y_j = k in the (y1, y2) plane), else :class:`SymbnmfError`.
+    """
+    from ._activations import x
+
+    bound = {p: act.values[p.name] for p in act.parameters if p.name in act.values}
+    args: list[sp.Expr] = []
+    for e in (act.bound_expr, act.derivative.subs(bound) if bound else act.derivative):
+        for node in sp.preorder_traversal(e):
+            if isinstance(node, sp.Piecewise):
+                for _, c in node.args:
+                    if isinstance(c, sp.Basic):
+                        args += [r.lhs - r.rhs for r in c.atoms(sp.core.relational.Relational)]
+            elif isinstance(node, (sp.Abs, sp.sign, sp.Heaviside)):
+                args.append(node.args[0])
+            elif isinstance(node, (sp.Max, sp.Min)):
+                args += [a - b for i, a in enumerate(node.args) for b in node.args[i + 1:]]
+    kinks: list[sp.Expr] = []
+    for a in args:
+        if not a.has(x):
+            continue
+        try:
+            poly = sp.Poly(sp.expand(a), x)
+        except sp.PolynomialError:
+            poly = None
+        if poly is None or poly.degree() != 1 or poly.coeff_monomial(x).has(x):
+            raise SymbnmfError(
+                f"{act.label} has a kink where {a} = 0, not a straight line in x; use method='quadrature' (mpmath)"
+            )
+        k = sp.simplify(-poly.coeff_monomial(1) / poly.coeff_monomial(x))
+        if k.has(sp.zoo, sp.nan) or k.has(sp.I):
+            raise SymbnmfError(f"{act.label} has a kink at {k}; use method='quadrature' (mpmath)")
+        if k not in kinks:
+            kinks.append(k)
+    return tuple(kinks)
+
+
+#: Half-width of the kept angular window, in standard deviations of the peaked weights:
+#: sin^{B-3}(pi/2 +- L) = exp(-_WINDOW^2/2) ~ 2e-16 at L = _WINDOW/sqrt(B-3).
+_WINDOW = 8.5
+
+
+def _pieces(lo, hi, cuts, t, w, smooth_ends=False):
+    """Gauss-Legendre nodes/weights on [lo, hi] split at ``cuts`` (clipped): [..., P*n].
+
+    ``smooth_ends`` (a boolean array broadcasting against ``lo``) maps the pieces where it is true
+    by x = a + (b-a)(3s^2 - 2s^3), which turns (x-a)^{1/2}, (x-a)^{3/2} end-point behaviour into
+    an analytic one.
+    """
+    import jax.numpy as jnp
+
+    cuts = jnp.clip(cuts, lo[None], hi[None])
+    pts = jnp.sort(jnp.concatenate([lo[None], cuts, hi[None]], axis=0), axis=0)
+    a, b = pts[:-1][..., None], pts[1:][..., None]  # [P, ..., 1]
+    nodes = (a + b) / 2 + (b - a) / 2 * t
+    weights = (b - a) / 2 * w
+    if smooth_ends is not False:
+        sn = (t + 1) / 2
+        flag = jnp.broadcast_to(smooth_ends, a.shape[1:-1])[None, ..., None]
+        nodes = jnp.where(flag, a + (b - a) * (3 * sn * sn - 2 * sn * sn * sn), nodes)
+        weights = jnp.where(flag, (b - a) * 3 * sn * (1 - sn) * w, weights)
+    P = nodes.shape[0]
+    nodes = jnp.moveaxis(nodes, 0, -2).reshape(nodes.shape[1:-1] + (P * t.shape[0],))
+    weights = jnp.moveaxis(weights, 0, -2).reshape(weights.shape[1:-1] + (P * t.shape[0],))
+    return nodes, weights
+
+
+def _kink_array(kinks, params, B):
+    """[r, C, 1] array of the kinks at every parameter point (r may be 0)."""
+    import jax.numpy as jnp
+
+    C = params[0].shape[0] if params else 1
+    ks = [jnp.broadcast_to(jnp.asarray(k, dtype=B.dtype), (C,)) for k in kinks(*params)]
+    return (jnp.stack(ks) if ks else jnp.zeros((0, C), dtype=B.dtype))[:, :, None]
+
+
+def _theta_rule(B, th_cut, t, w, C, smooth=False):
+    """theta nodes/normalised weights (density sin^{B-3} theta) on the window, split at ``th_cut``."""
+    import jax.numpy as jnp
+
+    Bc = B[None, :]
+    half = jnp.pi / 2
+    L1 = jnp.minimum(half, _WINDOW / jnp.sqrt(jnp.maximum(Bc - 3, 1e-300)))
+    lo1 = jnp.broadcast_to(half - L1, (C, B.shape[0]))
+    hi1 = jnp.broadcast_to(half + L1, (C, B.shape[0]))
+    theta, wth = _pieces(lo1, hi1, th_cut, t, w, smooth_ends=smooth)  # [C, nB, P1]
+    wth = wth * jnp.power(jnp.sin(theta), Bc[..., None] - 3)
+    return theta, wth / jnp.sum(wth, axis=-1, keepdims=True)
+
+
+def _one_coordinate_expectations(integrand1, kinks, B, rule, params):
+    """E[f(y1)] for the one-coordinate pairs (Lemma one_coordinate_law: y1 = sqrt(B-1) cos theta,
+    density proportional to sin^{B-3} theta), Gauss-Legendre split at the kinks y1 = k."""
+    import jax.numpy as jnp
+
+    t, w = rule
+    C = params[0].shape[0] if params else 1
+    R = jnp.sqrt(B[None, :] - 1)
+    ks = _kink_array(kinks, params, B)
+    theta, wth = _theta_rule(B, jnp.arccos(jnp.clip(ks / R, -1.0, 1.0)), t, w, C)
+    y1 = R[..., None] * jnp.cos(theta)
+    vals = integrand1(y1, *[p[:, None, None] for p in params])
+    return [jnp.broadcast_to(jnp.sum(v * wth, axis=-1), (C, B.shape[0])) for v in vals]
+
+
+def _iterated_expectations(integrand, kinks, B, rule, params):
+    """E[f1(y1) f2(y2)] for every pair by iterated angular Gauss rules split at any kinks.
+
+    Lemma ``iterated_two_coordinate_law`` (Thm F.5): u1 = sqrt(B) cos(theta) with density
+    proportional to sin^{B-3}(theta) on [0, pi]; given theta, u2 = sqrt(B) sin(theta) cos(phi) with
+    density proportional to sin^{B-4}(phi) on [0, pi]; then y1 = sqrt(B-1) cos(theta) and
+    y2 = (-cos(theta) + sqrt(B(B-2)) sin(theta) cos(phi)) / sqrt(B-1). A kink y1 = k is the point
+    theta = arccos(k/sqrt(B-1)); a kink y2 = k is, for each theta, the point
+    cos(phi) = (k sqrt(B-1) + cos(theta)) / (sqrt(B(B-2)) sin(theta)). The weights are smooth, so
+    Gauss-Legendre on the pieces converges geometrically; they are truncated to the window
+    pi/2 +- _WINDOW/sqrt(B-3) (resp. B-4) and each rule is normalised by its own total weight.
+    """
+    import jax.numpy as jnp
+
+    (t1, w1), (t2, w2) = rule
+    C = params[0].shape[0] if params else 1
+    Bc = B[None, :]  # [1, nB]
+    R = jnp.sqrt(Bc - 1)
+    ks = _kink_array(kinks, params, B)  # [r, C, 1]
+    half = jnp.pi / 2
+    # outer cuts: the kinks y1 = k, and the theta where a kink line y2 = k is tangent to the
+    # inner circle (there the inner integral is not smooth in theta): (B-1) cos(theta -+ alpha)
+    # = -k sqrt(B-1), i.e. cos(theta -+ alpha) = -k/R, with cos(alpha) = 1/(B-1)
+    alpha = jnp.arccos(1 / (Bc - 1))
+    base = jnp.arccos(jnp.clip(-ks / R, -1.0, 1.0))
+    th_cut = jnp.concatenate([
+        jnp.arccos(jnp.clip(ks / R, -1.0, 1.0)),
+        alpha + base, alpha - base, base - alpha,
+    ], axis=0)  # [4r, C, nB] (-alpha - base < 0 never counts); values outside [0, pi] clip to empty pieces
+    # Next to a tangency the inner integral behaves like |theta - theta_t|^((B-3)/2): analytic for
+    # odd B, algebraic for even B, where small B (<= 8) needs the end-point smoothing map.
+    smooth = jnp.broadcast_to((jnp.mod(Bc, 2) == 0) & (Bc <= 8), (C, B.shape[0]))
+    theta, wth = _theta_rule(B, th_cut, t1, w1, C, smooth)  # [C, nB, P1]
+    Bn = Bc[..., None]
+    ct, st = jnp.cos(theta), jnp.sin(theta)
+    y1 = R[..., None] * ct  # [C, nB, P1]
+    S = jnp.sqrt(Bn * (Bn - 2))
+    L2 = jnp.where(Bn > 4, jnp.minimum(half, _WINDOW / jnp.sqrt(jnp.maximum(Bn - 4, 1e-300))), half)
+    lo2 = jnp.broadcast_to(half - L2, y1.shape)
+    hi2 = jnp.broadcast_to(half + L2, y1.shape)
+    cphi = (ks[..., None] * R[..., None] + ct[None]) / jnp.maximum(S * st, 1e-300)[None]  # [r, C, nB, P1]
+    ph_cut = jnp.arccos(jnp.clip(cphi, -1.0, 1.0))
+    phi, wph = _pieces(lo2, hi2, ph_cut, t2, w2)  # [C, nB, P1, P2]
+    wph = wph * jnp.power(jnp.sin(phi), Bn[..., None] - 4)
+    wph = wph / jnp.sum(wph, axis=-1, keepdims=True)
+    y2 = (-ct[..., None] + (S * st)[..., None] * jnp.cos(phi)) / R[..., None, None]
+    W = wth[..., None] * wph  # [C, nB, P1, P2]
+    ps = [p[:, None, None, None] for p in params]
+    vals = integrand(y1[..., None], y2, *ps)
+    shape = W.shape[:2]
+    return [jnp.broadcast_to(jnp.sum(v * W, axis=(-2, -1)), shape) for v in vals]
 
 
 class FastEvaluator:
@@ -224,7 +411,8 @@ class FastEvaluator:
     and beta) are arguments of :meth:`__call__`, broadcast to a common grid shape P; batch sizes
     are a 1-D list; results have shape ``P + (len(Bs),)``.
 
-    * ``activation``: name, expression or :class:`~symbnmf.Activation` (kinks only at 0).
+    * ``activation``: name, expression or :class:`~symbnmf.Activation`; kinks (Piecewise, relu,
+      Abs, Max) must be straight lines in x, possibly parameter dependent (``relu(x + b)``).
     * ``quantities``: names from :data:`symbnmf.QUANTITIES` (default: all).
     * ``rtol``: relative accuracy demanded of the fine rule, judged against the coarse rule.
     """
@@ -240,7 +428,6 @@ class FastEvaluator:
         from ._activations import get_activation
 
         self.activation = get_activation(activation)
-        _check_activation(self.activation)
         qs = list(QUANTITIES) if quantities is None else list(quantities)
         unknown = [q for q in qs if q not in QUANTITIES]
         if unknown:
@@ -250,6 +437,10 @@ class FastEvaluator:
         self.rules = rules
         self._plan = _plan(self.activation, self.quantities)
         self.parameters = tuple(p.name for p in self._plan.params)
+        #: "polar" (kinks only at 0) or "iterated" (kinks anywhere, possibly parameter dependent)
+        self.scheme = "iterated" if self._plan.kinks_src else "polar"
+        if self.scheme == "iterated" and rules == (FINE, COARSE):
+            self.rules = (ITER_FINE, ITER_COARSE)
         self._jitted: Callable[..., Any] | None = None
 
     # -- compiled kernel ----------------------------------------------------------------------
@@ -258,24 +449,39 @@ class FastEvaluator:
             import jax
             import jax.numpy as jnp
 
-            integrand = _exec(self._plan.integrand_src, "integrand")
-            combine = _exec(self._plan.combine_src, "combine")
-            npairs = len(self._plan.pairs)
+            plan = self._plan
+            integrand = _exec(plan.integrand_src, "integrand")
+            integrand1 = _exec(plan.integrand1_src, "integrand1")
+            kinks1 = _exec(plan.kinks1_src, "kinks")
+            kinks = _exec(plan.kinks_src, "kinks") if plan.kinks_src else None
+            combine = _exec(plan.combine_src, "combine")
+            npairs = len(plan.pairs)
 
-            def expectations(y1, y2, w, params):
-                # y1, y2, w: [nB, N]; params: tuple of [C] arrays -> [npairs, C, nB]
+            def polar_expectations(rule, params):
+                # y1, y2, w: [nB, N]; params: tuple of [C] arrays -> list of [C, nB]
+                y1, y2, w = rule
                 ps = [p[:, None, None] for p in params]
-                shape = (params[0].shape[0] if params else 1,) + y1.shape
+                shape = (params[0].shape[0] if params else 1, y1.shape[0])
                 vals = integrand(y1[None], y2[None], *ps)
                 # sum(v * w): XLA fuses the integrand into the reduction (no [C, nB, N] temporaries)
-                return jnp.stack([jnp.broadcast_to(jnp.sum(v * w, axis=-1), shape[:2]) for v in vals])
+                return [jnp.broadcast_to(jnp.sum(v * w, axis=-1), shape) for v in vals]
 
-            def kernel(B, fine, coarse, params):
+            def kernel(B, fine, coarse, fine1, coarse1, params):
                 outs = []
-                for (y1, y2, w) in (fine, coarse):
-                    E = expectations(y1, y2, w, params)
-                    vals = combine(B[None, :], *[p[:, None] for p in params], *[E[k] for k in range(npairs)])
-                    outs.append(jnp.stack([jnp.broadcast_to(v, E.shape[1:]) for v in vals]))
+                for rule, rule1 in ((fine, fine1), (coarse, coarse1)):
+                    if kinks is None:
+                        E2 = polar_expectations(rule, params) if plan.two_idx else []
+                    else:
+                        E2 = _iterated_expectations(integrand, kinks, B, rule, params) if plan.two_idx else []
+                    E1 = _one_coordinate_expectations(integrand1, kinks1, B, rule1, params) if plan.one_idx else []
+                    E: list[Any] = [None] * npairs
+                    for i, v in zip(plan.two_idx, E2):
+                        E[i] = v
+                    for i, v in zip(plan.one_idx, E1):
+                        E[i] = v
+                    shape = (params[0].shape[0] if params else 1, B.shape[0])
+                    vals = combine(B[None, :], *[p[:, None] for p in params], *E)
+                    outs.append(jnp.stack([jnp.broadcast_to(v, shape) for v in vals]))
                 return outs[0], outs[1]
 
             self._jitted = jax.jit(kernel)
@@ -290,9 +496,18 @@ class FastEvaluator:
         import jax
 
         (nf, mf), (nc, mc) = rules
-        fine = _rules(Blist, nf, mf)
-        coarse = _rules(Blist, nc, mc)
-        per = max(1, _CHUNK_POINTS // (len(Blist) * fine[0].shape[1]))
+        if self.scheme == "polar":
+            fine = _rules(Blist, nf, mf)
+            coarse = _rules(Blist, nc, mc)
+            nodes = fine[0].shape[1]
+        else:
+            fine = tuple(np.polynomial.legendre.leggauss(n) for n in (nf, mf))
+            coarse = tuple(np.polynomial.legendre.leggauss(n) for n in (nc, mc))
+            nodes = nf * mf * 5 * (len(self._plan.kinks_src.splitlines()) + 1) ** 2
+        # one-coordinate pairs: a 1-D Gauss-Legendre rule in theta, 16 points more than the 2-D one
+        fine1 = np.polynomial.legendre.leggauss(nf + 16)
+        coarse1 = np.polynomial.legendre.leggauss(nc + 16)
+        per = max(1, _CHUNK_POINTS // (len(Blist) * nodes))
         chunk = min(npts, per)
         kernel = self._kernel()
         res_f, res_c = [], []
@@ -303,7 +518,7 @@ class FastEvaluator:
                 n_real = part[0].shape[0] if part else 1
                 if part and n_real < chunk:  # pad to the compiled shape
                     part = [np.concatenate([p, np.full(chunk - n_real, p[-1])]) for p in part]
-                a, b = kernel(Bv, fine, coarse, tuple(part))
+                a, b = kernel(Bv, fine, coarse, fine1, coarse1, tuple(part))
                 res_f.append(np.asarray(a)[:, :n_real])
                 res_c.append(np.asarray(b)[:, :n_real])
         return np.concatenate(res_f, axis=1), np.concatenate(res_c, axis=1)  # [nq, npts, nB]
@@ -387,16 +602,33 @@ def fast_evaluate(activation: Any, Bs: Any, quantities: Sequence[str] | None = N
     return _cached_evaluator(act, None if quantities is None else tuple(quantities))(Bs, **params)
 
 
-def fast_method(activation: Any, B: int, dps: int | None = None) -> dict[str, float]:
-    """Back end for ``symbnmf.evaluate(..., method="fast")``: all quantities at one B as floats."""
+def evaluate_fast(activation: Any, B: int, dps: int | None = None) -> dict[str, Any]:
+    """Back end ``"fast"`` of :func:`symbnmf.evaluate` (``symbnmf eval --fast``): all quantities
+    at one B as floats (double precision, ~1e-10 relative or better, checked; see module doc)."""
     from ._activations import get_activation
 
     if dps is not None and dps > 15:
-        raise SymbnmfError(f"the fast path is double precision (about 15 digits), not dps={dps}; use method='quadrature' for more")
+        raise SymbnmfError(
+            f"the fast path is double precision (about 15 digits), not dps={dps}; "
+            "use method='quadrature' (or drop --fast) for more digits"
+        )
     act = get_activation(activation)
     act.require_bound()
-    vals = _cached_evaluator(act, None)(int(check_batch_size(B)))
-    out = {q: float(v) for q, v in vals.items()}
-    if not math.isfinite(out["fixed_point.diag"]) or (out["fixed_point.diag"] - out["fixed_point.offdiag"]) == 0:
-        raise SymbnmfError(f"{act.label} is constant on the BN sphere at B={B} (mu* = 0): the quantities are undefined; use a non-constant activation")
+    Bv = check_batch_size(B)
+    vals = _cached_evaluator(act, None)(Bv)
+    out: dict[str, Any] = {q: float(v) for q, v in vals.items()}
+    if not math.isfinite(out["fixed_point.diag"]) or out["fixed_point.diag"] - out["fixed_point.offdiag"] == 0:
+        raise SymbnmfError(
+            f"{act.label} is constant on the BN sphere at B={Bv} (mu* = 0): the quantities are undefined; "
+            "use a non-constant activation"
+        )
+    out["_meta"] = {"tolerance": {"relative": 1e-10, "note": "fixed 2-D Gauss quadrature in float64 (JAX), "
+                                  "checked against a coarser rule"}}
+    return out
+
+
+def fast_method(activation: Any, B: int, dps: int | None = None) -> dict[str, float]:
+    """:func:`evaluate_fast` without the ``"_meta"`` entry: ``{quantity: float}``."""
+    out = evaluate_fast(activation, B, dps)
+    out.pop("_meta")
     return out

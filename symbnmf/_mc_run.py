@@ -139,6 +139,8 @@ def run_networks(
     nd = len(devs)
     if chunk is None:
         chunk = max(1, memory_bytes // max(1, bytes_per_network(cfg)))
+    if progress:  # about ten updates of the bar on long runs
+        chunk = min(chunk, max(nd, -(-networks // 10)))
     chunk = min(chunk, networks)
     nchunks = -(-networks // chunk)
     chunk = -(-networks // nchunks)

@@ -122,3 +122,14 @@ def mean_se(values: np.ndarray) -> tuple[float, float]:
     if v.shape[0] < 2:
         return float(v.mean()), float("nan")
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.shape[0]))
+
+
+def extrapolate_width(ns, values, ses) -> tuple[float, float]:
+    """Finite-width extrapolation: weighted least squares of ``values`` (standard errors ``ses``)
+    against 1/N; returns the intercept (the N -> infinity prediction) and its standard error.
+    The mean field limit is N -> infinity and finite width biases rates by O(1/N) (theory.md)."""
+    X = np.c_[np.ones(len(ns)), 1.0 / np.asarray(ns, float)]
+    w = 1.0 / np.asarray(ses, float) ** 2
+    cov = np.linalg.inv(X.T @ (w[:, None] * X))
+    beta = cov @ X.T @ (w * np.asarray(values, float))
+    return float(beta[0]), float(np.sqrt(cov[0, 0]))

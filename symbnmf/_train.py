@@ -420,14 +420,16 @@ def gradient_growth(
 
     fn = jax.jit(jax.vmap(sq_norms))
     rng = np.random.default_rng(seed)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 7919), n_networks)
+    chunk = max(1, min(int(chunk), n_networks))
+    n_padded = -(-n_networks // chunk) * chunk  # equal chunks: one compilation
+    keys = jax.random.split(jax.random.PRNGKey(seed + 7919), n_padded)
     out = []
     n = len(ds.y_train)
-    for s in range(0, n_networks, chunk):
+    for s in range(0, n_padded, chunk):
         k = keys[s: s + chunk]
-        idx = np.stack([rng.choice(n, batch_size, replace=False) for _ in range(len(k))])
+        idx = np.stack([rng.choice(n, batch_size, replace=False) for _ in range(chunk)])
         out.append(np.asarray(fn(k, jnp.asarray(ds.x_train[idx]), jnp.asarray(ds.y_train[idx])), dtype=np.float64))
-    sq = np.concatenate(out)  # (n_networks, depth)
+    sq = np.concatenate(out)[:n_networks]  # (n_networks, depth)
     # log of the mean, computed with a per-layer scale to avoid overflow in float32 sums
     def log_mean(a):
         m = a.max(axis=0)
