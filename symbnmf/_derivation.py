@@ -154,8 +154,6 @@ class Derivation:
 
     @staticmethod
     def from_json(data: dict) -> "Derivation":
-        from ._algebra import B  # noqa: F401 - make sure B's assumptions are registered
-
         d = Derivation(
             activation=data["activation"],
             phi=sp.sympify(data["phi"], locals=_locals()),
@@ -180,9 +178,7 @@ def _locals() -> dict:
 
 
 def _from_srepr(text: str) -> sp.Expr:
-    # srepr round-trips symbols with their assumptions (B positive, x real, parameters real)
-    from sympy import (Abs, Add, Integer, Mul, Piecewise, Pow, Rational, StrictGreaterThan,  # noqa: F401
-                       Symbol, acos, log, pi, sqrt)
-
+    # srepr round-trips symbols with their assumptions (B positive, x real, parameters real);
+    # the text is symbnmf's own cache file, evaluated with SymPy's names only and no builtins
     ns = {name: getattr(sp, name) for name in dir(sp) if not name.startswith("_")}
     return eval(text, {"__builtins__": {}}, ns)  # noqa: S307 - text is our own srepr from the cache

@@ -62,7 +62,6 @@ def integral_closed_form(integral, hp, params: tuple) -> sp.Poly:
 def _clear(num: sp.Poly, den: sp.Poly) -> tuple[sp.Expr, sp.Expr]:
     """num/den (Polys over a fraction field) as a ratio of integral polynomials, tidied."""
     dom = num.domain
-    ring = dom.get_ring()
     n = num.as_expr()
     d = den.as_expr()
     q = sp.together(n / d)
@@ -73,7 +72,6 @@ def _clear(num: sp.Poly, den: sp.Poly) -> tuple[sp.Expr, sp.Expr]:
     if g.total_degree() > 0 or g.as_expr() != 1:
         nn = sp.div(nn, g)[0]
         dd = sp.div(dd, g)[0]
-    del ring
     return _pretty(nn.as_expr()), _pretty(dd.as_expr())
 
 

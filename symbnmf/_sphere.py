@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 
 import sympy as sp
 
-from ._algebra import B, SMatrix
+from ._algebra import B
 
 #: Placeholders of the coordinate functions: phi(u), phi'(u), u.
 PHI, DPHI, U = sp.symbols("Phi Phi' u")

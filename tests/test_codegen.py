@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import mpmath
 import numpy as np
@@ -82,32 +81,39 @@ def test_module_docstring_states_what_it_computes(source, module):
     assert "import sympy" not in source and "import mpmath" not in source and "symbnmf" not in source.split('"""', 2)[2]
 
 
-def test_fresh_subprocess_without_sympy_agrees_with_mpmath(tmp_path, source):
-    """The file is standalone: importable with sympy/mpmath/symbnmf blocked, exact in float64."""
-    (tmp_path / "gen_relu_like.py").write_text(source)
-    script = textwrap.dedent(
-        f"""
-        import sys, json
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('sympy', 'mpmath', 'symbnmf'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, Block())
-        import jax
-        jax.config.update('jax_enable_x64', True)
-        import jax.numpy as jnp
-        import gen_relu_like as g
-        Bs = jnp.asarray({BS!r})[:, None]
-        As = jnp.asarray({AS!r})[None, :]
-        out = {{q: f(Bs, As).tolist() for q, f in g.FUNCTIONS.items()}}
-        assert 'sympy' not in sys.modules and 'mpmath' not in sys.modules
-        print(json.dumps(out))
-        """
-    )
+_BLOCKED_PREAMBLE = """\
+import sys, json
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('sympy', 'mpmath', 'symbnmf'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+import jax
+jax.config.update('jax_enable_x64', True)
+import jax.numpy as jnp
+import {module} as g
+"""
+
+
+def _run_blocked(tmp_path, module: str, body: str) -> dict:
+    """Run ``body`` in a fresh interpreter where sympy, mpmath and symbnmf cannot be imported,
+    after importing the generated ``module`` as ``g``; return the JSON it prints."""
+    script = _BLOCKED_PREAMBLE.format(module=module) + body
     env = dict(os.environ, PYTHONPATH=str(tmp_path), JAX_PLATFORMS="cpu")
     res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    got = json.loads(res.stdout)
+    return json.loads(res.stdout)
+
+
+def test_fresh_subprocess_without_sympy_agrees_with_mpmath(tmp_path, source):
+    """The file is standalone: importable with sympy/mpmath/symbnmf blocked, exact in float64."""
+    (tmp_path / "gen_relu_like.py").write_text(source)
+    body = (f"Bs = jnp.asarray({BS!r})[:, None]\n"
+            f"As = jnp.asarray({AS!r})[None, :]\n"
+            "out = {q: f(Bs, As).tolist() for q, f in g.FUNCTIONS.items()}\n"
+            "assert 'sympy' not in sys.modules and 'mpmath' not in sys.modules\n"
+            "print(json.dumps(out))\n")
+    got = _run_blocked(tmp_path, "gen_relu_like", body)
     want = _mp_values(FORMS)
     for q in FORMS:
         assert _ulps(got[q], want[q]) <= 8, q
@@ -223,25 +229,8 @@ def test_derived_relu_module_in_fresh_subprocess_without_sympy(tmp_path):
     closed forms evaluated by mpmath at 50 digits (<= 8 ulp in float64)."""
     forms, _, _ = codegen.closed_forms("relu")
     (tmp_path / "relu_mf.py").write_text(codegen.jax_module("relu"))
-    script = textwrap.dedent(
-        f"""
-        import sys, json
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('sympy', 'mpmath', 'symbnmf'):
-                    raise ImportError('blocked: ' + name)
-        sys.meta_path.insert(0, Block())
-        import jax
-        jax.config.update('jax_enable_x64', True)
-        import jax.numpy as jnp
-        import relu_mf as g
-        print(json.dumps({{q: f(jnp.asarray({BS!r})).tolist() for q, f in g.FUNCTIONS.items()}}))
-        """
-    )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    got = json.loads(res.stdout)
+    body = f"print(json.dumps({{q: f(jnp.asarray({BS!r})).tolist() for q, f in g.FUNCTIONS.items()}}))\n"
+    got = _run_blocked(tmp_path, "relu_mf", body)
     for q, e in forms.items():
         want = [float(sp.N(e.subs(B, b), 50)) for b in BS]
         if all(w == 0 for w in want):
