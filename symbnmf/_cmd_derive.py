@@ -39,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"# theta_B = acos(1/(B-1)); conventions: {d.conventions}")
     for name, expr in d.quantities.items():
         print(f"{name} = {sp.sstr(expr)}")
+        print(f"    LaTeX: {QUANTITY_SYMBOLS[name]} = {sp.latex(expr)}")
         if name in d.limits:
             q0, c1 = d.limits[name]
             print(f"    B -> oo: {sp.sstr(q0)} + ({sp.sstr(c1)})/B + O(1/B^2)")
     if written:
-        print(f"# LaTeX ({len(d.steps)} derivations, symbols {', '.join(QUANTITY_SYMBOLS[n] for n in list(d.quantities)[:1])}...) written to {written}")
+        print(f"# standalone LaTeX document with {sum(len(s) for s in d.steps.values())} derivation steps written to {written}")
     return 0

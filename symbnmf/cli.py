@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -62,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
         print(f"symbnmf: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:  # pragma: no cover
+            pass
+        return 0
     except KeyboardInterrupt:  # pragma: no cover
         print("symbnmf: interrupted", file=sys.stderr)
         return 130

@@ -54,7 +54,7 @@ def test_piece_dimensions_add_up():
     assert sp.expand(sum(PIECE_DIMENSIONS.values()) - B * (B - 1) / 2) == 0
 
 
-@pytest.mark.parametrize("Bval", [4, 5, 6])
+@pytest.mark.parametrize("Bval", [4, 5, 6, 8])
 def test_directions_are_eigenvectors_of_the_explicit_backward_operator(Bval):
     """Thm 3.6: the spectrum of the explicit operator on Sym(1-perp) clusters in three values with
     multiplicities 1, B-1, B(B-3)/2, and the Rayleigh quotients of the test directions sit on them."""
@@ -70,6 +70,26 @@ def test_directions_are_eigenvectors_of_the_explicit_backward_operator(Bval):
         assert abs(grp.mean() - r.value) < 2 * spread + 5 * r.stderr
     # the clusters are separated by more than their noise
     assert groups[0].max() < groups[1].min() and groups[1].max() < groups[2].min()
+
+
+@pytest.mark.parametrize("Bval", [4, 6, 8])
+def test_explicit_forward_jacobian_spectrum_matches_closed_forms(Bval):
+    """The explicit forward Jacobian of Sigma -> G V(Sigma) G / mu* (central differences of V with
+    common random numbers) has eigenvalue 0 on G, and clusters of multiplicity B-1 and B(B-3)/2
+    at the derived lambda_L and lambda_M (Thm 3.6/3.7)."""
+    import symbnmf
+
+    relu = lambda y: np.maximum(y, 0.0)  # noqa: E731
+    spec = ex.forward_operator_spectrum(relu, Bval, n=60_000, seed=Bval)
+    rec = symbnmf.evaluate("relu", [Bval])[0]["forward"]
+    dims = {p: int(PIECE_DIMENSIONS[p].subs(B, Bval)) for p in "GLM"}
+    assert abs(spec[0]) < 1e-6  # the G direction: BN removes the scale
+    rest = spec[1:]
+    lam = sorted([(rec["L"], dims["L"]), (rec["M"], dims["M"])])
+    groups = np.split(rest, [lam[0][1]])
+    for grp, (value, _) in zip(groups, lam):
+        assert abs(grp.mean() - value) < 0.02 * value, (grp, value)
+        assert grp.max() - grp.min() < 0.05
 
 
 # ---- orbit counting against explicit sums -----------------------------------------------------
