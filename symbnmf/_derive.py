@@ -6,8 +6,8 @@ the Gaussian lemmas of :mod:`symbnmf._gaussian`; the result is a polynomial in
 theta_B = arccos(1/(B-1)) and S_B = sqrt(B(B-2)) with coefficients rational in B and pi, reduced
 with S_B^2 = B(B-2). Each quantity's formula then gives a ratio of two such polynomials.
 
-Results are cached on disk, keyed by the activation and the package version, so a warm call
-is instant (``SYMBNMF_CACHE_DIR``, default ``~/.cache/symbnmf``; ``SYMBNMF_NO_CACHE=1`` off).
+Results are cached on disk, keyed by the activation, the package version and a fingerprint of
+the derivation's source files (and SymPy's version), so a warm call is instant (``SYMBNMF_CACHE_DIR``, default ``~/.cache/symbnmf``; ``SYMBNMF_NO_CACHE=1`` off).
 """
 
 from __future__ import annotations
@@ -129,11 +129,22 @@ def _series(num: sp.Expr, den: sp.Expr, order: int = 6) -> tuple[sp.Expr, sp.Exp
     return q0, c1
 
 
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """Hash of the modules a derivation depends on: editing them invalidates the disk cache."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in ("_activations.py", "_algebra.py", "_sphere.py", "_gaussian.py", "_quantities.py", "_derive.py", "_derivation.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _activation_key(act: Activation) -> str:
+    """Cache key: package version, source fingerprint, activation expression and label."""
     from . import __version__
 
-    h = hashlib.sha256(f"{__version__}|{sp.srepr(act.bound_expr)}|{act.label}".encode()).hexdigest()[:24]
-    return h
+    text = f"{__version__}|{_code_fingerprint()}|{sp.__version__}|{sp.srepr(act.bound_expr)}|{act.label}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _cache_dir() -> Path | None:
