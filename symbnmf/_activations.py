@@ -205,10 +205,12 @@ def _half_polynomial(expr: sp.Expr, params: tuple[sp.Symbol, ...]) -> HalfPolyno
         return None
     if not (pos.is_polynomial(x) and neg.is_polynomial(x)):
         return None
-    # The two branches must reproduce expr everywhere (no kink other than 0): check at a few points.
+    # Both branches are polynomials on their half lines (a kink elsewhere would have left a
+    # Piecewise behind), so phi = neg + H(x) (pos - neg). Parameters force the EX domain.
+    opts = {"domain": sp.EX} if params else {}
     try:
-        pn = sp.Poly(neg, x, domain=sp.EX if params else None) if params else sp.Poly(neg, x)
-        pq = sp.Poly(sp.expand(pos - neg), x, domain=sp.EX if params else None) if params else sp.Poly(sp.expand(pos - neg), x)
+        pn = sp.Poly(neg, x, **opts)
+        pq = sp.Poly(sp.expand(pos - neg), x, **opts)
     except sp.PolynomialError:
         return None
     return HalfPolynomial(pn, pq)
@@ -297,28 +299,22 @@ class Activation:
     def kinks(self) -> tuple[float, ...]:
         """Real points where phi or phi' may be non-smooth (from Piecewise/Abs/Max/sign)."""
         pts: set[float] = set()
-        for e in (self.bound_expr if not self.free_parameters else self.expr,):
-            for node in sp.preorder_traversal(e):
-                conds = []
-                if isinstance(node, sp.Piecewise):
-                    conds = [c for _, c in node.args if c not in (sp.true, sp.false)]
-                    args = []
-                    for c in conds:
-                        if isinstance(c, sp.core.relational.Relational):
-                            args.append(c.lhs - c.rhs)
-                elif isinstance(node, (sp.Abs, sp.sign, sp.Heaviside)):
-                    args = [node.args[0]]
-                elif isinstance(node, (sp.Max, sp.Min)):
-                    args = [node.args[0] - node.args[1]] if len(node.args) == 2 else []
-                else:
-                    continue
-                for a in args:
-                    try:
-                        for s in sp.solve(sp.Eq(a, 0), x):
-                            if s.is_real and not s.free_symbols:
-                                pts.add(float(s))
-                    except Exception:  # pragma: no cover
-                        pass
+        for node in sp.preorder_traversal(self.bound_expr):
+            if isinstance(node, sp.Piecewise):
+                args = [c.lhs - c.rhs for _, c in node.args if isinstance(c, sp.core.relational.Relational)]
+            elif isinstance(node, (sp.Abs, sp.sign, sp.Heaviside)):
+                args = [node.args[0]]
+            elif isinstance(node, (sp.Max, sp.Min)):
+                args = [node.args[0] - node.args[1]] if len(node.args) == 2 else []
+            else:
+                continue
+            for a in args:
+                try:
+                    for s in sp.solve(sp.Eq(a, 0), x):
+                        if s.is_real and not s.free_symbols:
+                            pts.add(float(s))
+                except Exception:  # pragma: no cover - SymPy could not solve: no kink recorded
+                    pass
         return tuple(sorted(pts))
 
     # ---- parameters ------------------------------------------------------------
@@ -340,10 +336,21 @@ class Activation:
         return Activation(self.name, self.expr, self.parameters, merged)
 
     @property
+    def bindings(self) -> dict:
+        """``{parameter symbol: bound value}`` for the bound parameters (a SymPy substitution)."""
+        return {p: self.values[p.name] for p in self.parameters if p.name in self.values}
+
+    @property
     def bound_expr(self) -> sp.Expr:
         """``expr`` with the bound parameter values substituted."""
-        subs = {p: self.values[p.name] for p in self.parameters if p.name in self.values}
+        subs = self.bindings
         return self.expr.subs(subs) if subs else self.expr
+
+    @property
+    def bound_derivative(self) -> sp.Expr:
+        """phi' with the bound parameter values substituted."""
+        subs = self.bindings
+        return self.derivative.subs(subs) if subs else self.derivative
 
     @property
     def label(self) -> str:
@@ -368,10 +375,7 @@ class Activation:
         Parameters must be bound. The JAX version is jit/vmap/grad-safe (no ``math.*`` calls).
         """
         self.require_bound()
-        expr = self.derivative if derivative else self.expr
-        subs = {p: self.values[p.name] for p in self.parameters}
-        expr = expr.subs(subs)
-        return _lambdify(expr, module)
+        return _lambdify(self.bound_derivative if derivative else self.bound_expr, module)
 
     def __str__(self) -> str:
         return self.label

@@ -40,7 +40,7 @@ def closed_form_backend(act: Activation, B: int, dps: int | None) -> dict[str, A
     d = derive(act)
     digits = max(dps or 0, DOUBLE_DPS)
     subs = {Bsym: sp.Integer(B)}
-    subs.update({p: act.values[p.name] for p in act.parameters if p.name in act.values})
+    subs.update(act.bindings)
     out: dict[str, Any] = {}
     with mp.workdps(digits + 5):
         for name in QUANTITIES:

@@ -249,9 +249,8 @@ def kink_expressions(act: Any) -> tuple[sp.Expr, ...]:
     """
     from ._activations import x
 
-    bound = {p: act.values[p.name] for p in act.parameters if p.name in act.values}
     args: list[sp.Expr] = []
-    for e in (act.bound_expr, act.derivative.subs(bound) if bound else act.derivative):
+    for e in (act.bound_expr, act.bound_derivative):
         for node in sp.preorder_traversal(e):
             if isinstance(node, sp.Piecewise):
                 for _, c in node.args:

@@ -56,7 +56,7 @@ def gaussian_limits(activation: Any, dps: int = 30) -> dict[str, Any]:
     act = get_activation(activation)
     act.require_bound()
     phi = act.bound_expr
-    dphi = act.derivative.subs({p: act.values[p.name] for p in act.parameters if p.name in act.values})
+    dphi = act.bound_derivative
     m1 = gaussian_expectation(phi, dps)
     m2 = gaussian_expectation(phi**2, dps)
     d1 = gaussian_expectation(dphi, dps)

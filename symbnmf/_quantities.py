@@ -2,7 +2,7 @@
 
 Each quantity of :data:`symbnmf.QUANTITIES` (but ``depth_scale``) is a
 :class:`QuantityDefinition`: a SymPy ``formula`` in B and placeholder symbols ``I_S``, ``I_d``,
-``I_o`` (plus ``mu``-free constants), with ``integrals`` mapping each placeholder to a
+``I_o``, with ``integrals`` mapping each placeholder to a
 :class:`~symbnmf._sphere.SphereIntegral`. The definitions are activation independent (phi and
 phi' are placeholders); :func:`definitions` substitutes an activation.
 
@@ -55,7 +55,7 @@ def _offdiag() -> SphereIntegral:
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_integral(piece: str) -> tuple[SphereIntegral, sp.Expr, sp.Expr]:
+def _forward_integral(piece: str) -> tuple[SphereIntegral, sp.Expr]:
     D = piece_direction(piece)
     n = D.n
     quartic = IndexTerm((B - 1) / B, ((D, "i", "j"), (D, "k", "l")), ((PHI, "i"), (PHI, "j"), (U, "k"), (U, "l")))
@@ -63,7 +63,7 @@ def _forward_integral(piece: str) -> tuple[SphereIntegral, sp.Expr, sp.Expr]:
     terms = [quartic]
     if trD != 0:
         terms.append(IndexTerm(-trD, ((D, "i", "j"),), ((PHI, "i"), (PHI, "j"))))
-    return sphere_integral(terms, n), D.inner(D), trD
+    return sphere_integral(terms, n), D.inner(D)
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,7 +105,7 @@ def abstract_definitions() -> dict[str, QuantityDefinition]:
             "fixed_point.offdiag", I_o, {I_o: off}, r"\Sigma^*_{ij} = \mathbb{E}\,\phi(y_1)\phi(y_2)", "Thm 3.1, App. F"),
     }
     for piece in "GLM":
-        S, norm, trD = _forward_integral(piece)
+        S, norm = _forward_integral(piece)
         formula = I_S / (2 * mu * norm)
         out[f"forward.{piece}"] = QuantityDefinition(
             f"forward.{piece}", formula, {I_S: S, I_d: diag, I_o: off},
@@ -131,7 +131,7 @@ def definitions(activation) -> dict[str, QuantityDefinition]:
     from ._activations import get_activation, x
 
     act = get_activation(activation)
-    phi, dphi = act.bound_expr, act.derivative.subs({p: act.values[p.name] for p in act.parameters if p.name in act.values})
+    phi, dphi = act.bound_expr, act.bound_derivative
     out = {}
     for name, qd in abstract_definitions().items():
         ints = {k: ConcreteSphereIntegral(v.concrete(phi, dphi, x), v) for k, v in qd.integrals.items()}

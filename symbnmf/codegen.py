@@ -40,7 +40,7 @@ def closed_forms(activation: Any, quantities: Sequence[str] | None = None) -> tu
     from ._derive import derive
 
     derivation = derive(act)
-    bound = {p: act.values[p.name] for p in act.parameters if p.name in act.values}
+    bound = act.bindings
     forms: dict[str, sp.Expr] = {}
     for q in qs:
         expr = sp.sympify(derivation.quantities[q])
