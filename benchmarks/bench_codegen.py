@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import symbnmf
     from symbnmf import codegen
-    from symbnmf._algebra import B
+    from symbnmf.symbolic._algebra import B
 
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     results: dict = {"n": args.n, "device": str(jax.devices()[0]), "rows": {}}
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         with mpmath.workdps(50):
             f_mp = sp.lambdify(B, expr, modules="mpmath")
             ref = np.array([float(f_mp(mpmath.mpf(int(b)))) for b in sample])
-        ulp = lambda got: float(np.max(np.abs(np.asarray(got, np.float64) - ref) / np.spacing(np.abs(ref))))  # noqa: E731
+        ulp = lambda got: float(np.max(np.abs(np.asarray(got, np.float64) - ref) / np.spacing(np.abs(ref))))
         results["accuracy_ulps"] = {
             "generated_jax": ulp(f_gen(jnp.asarray(sample))),
             "lambdify_numpy": ulp(f_np(sample)),
@@ -118,14 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in results["ratios"].items():
         log(f"  ratio {k}: {v:.2f}x (goal >= 2x vs lambdify-numpy)")
     acc = results["accuracy_ulps"]
-    log(f"accuracy vs mpmath (50 digits), {len(sample)} values of B in [4, 1e7]: generated {acc['generated_jax']:.0f} ulp, "
-        f"lambdify-numpy {acc['lambdify_numpy']:.0f} ulp (goal <= 4)")
+    log(
+        f"accuracy vs mpmath (50 digits), {len(sample)} values of B in [4, 1e7]: generated {acc['generated_jax']:.0f} ulp, "
+        f"lambdify-numpy {acc['lambdify_numpy']:.0f} ulp (goal <= 4)"
+    )
     g = results["grid_tanh_100x16"]
-    log(f"tanh(g*x) all quantities, 100 gamma x 16 B: {g['seconds_after_jit']:.3f} s after jit "
-        f"(first call {g['seconds_first_call']:.2f} s; goal <= 2 s)")
+    log(
+        f"tanh(g*x) all quantities, 100 gamma x 16 B: {g['seconds_after_jit']:.3f} s after jit "
+        f"(first call {g['seconds_first_call']:.2f} s; goal <= 2 s)"
+    )
     g = results["grid_relu_beta_100x16"]
-    log(f"relu(x + b) all quantities, 100 beta x 16 B (kinks off 0): {g['seconds_after_jit']:.3f} s after jit "
-        f"(first call {g['seconds_first_call']:.2f} s)")
+    log(
+        f"relu(x + b) all quantities, 100 beta x 16 B (kinks off 0): {g['seconds_after_jit']:.3f} s after jit "
+        f"(first call {g['seconds_first_call']:.2f} s)"
+    )
     if args.json:
         print(json.dumps(results))
     return 0

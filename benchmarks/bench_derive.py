@@ -50,8 +50,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"cold: import {cold['import']:.2f} s, identity {cold['identity']:.2f} s, relu {cold['relu']:.2f} s, total {cold['total']:.2f} s (goal <= 10 s)")
-    print(f"warm: import {warm['import']:.2f} s, identity {warm['identity']:.3f} s, relu {warm['relu']:.3f} s, total {warm['total']:.2f} s")
+    print(
+        f"cold: import {cold['import']:.2f} s, identity {cold['identity']:.2f} s, relu {cold['relu']:.2f} s, total {cold['total']:.2f} s (goal <= 10 s)"
+    )
+    print(
+        f"warm: import {warm['import']:.2f} s, identity {warm['identity']:.3f} s, relu {warm['relu']:.3f} s, total {warm['total']:.2f} s"
+    )
     print(f"cold / warm = {result['cold_over_warm']:.1f}x")
 
 

@@ -3,7 +3,7 @@
 * ``numpy``: plain numpy, dense N×N Gaussian weights drawn per layer, hand-written backprop.
 * ``naive JAX``: dense Gaussian weights drawn per layer inside ``lax.scan``, ``jax.grad``,
   vmapped over networks, jit-compiled (bound by random-number generation).
-* ``symbnmf fast``: :func:`symbnmf._mc_run.run_networks` with the exact O(N·B²) Gaussian
+* ``symbnmf fast``: :func:`symbnmf.montecarlo.run.run_networks` with the exact O(N·B²) Gaussian
   sampler (same law; custom-VJP layer; per-layer gradient norms recorded by ``jax.grad``).
 
 All three compute, for every network, ‖∂loss/∂x^l‖² at every layer for a random linear readout.
@@ -87,7 +87,7 @@ def naive_jax(N: int, B: int, L: int):
 
 def fast_jax(N: int, B: int, L: int):
     import symbnmf
-    from symbnmf._mc_run import NetConfig, run_networks
+    from symbnmf.montecarlo.run import NetConfig, run_networks
 
     phi = symbnmf.get_activation("relu").numeric("jax")
     cfg = NetConfig(N, B, L, 0, "fast", "gaussian", "float32", 1.0, 0.0, 0.0, 0.0, "iid", True, "relu")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         a.width, a.depth, a.networks, a.repeat, a.repeat_slow = 128, 10, 20, 1, 1
     import jax
 
-    from symbnmf._mc_stats import fit_rate
+    from symbnmf.montecarlo.stats import fit_rate
 
     N, B, L, K = a.width, a.batch_size, a.depth, a.networks
     impls = {"symbnmf fast": fast_jax(N, B, L), "naive JAX": naive_jax(N, B, L)}
@@ -139,28 +139,49 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = max(1, L // 10), L - max(1, L // 10)
     fast_t = rows["symbnmf fast"]["median_s"]
     result = {
-        "config": {"width": N, "batch_size": B, "depth": L, "networks": K, "activation": "relu", "dtype": "float32",
-                   "forward_and_backward": True, "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()]},
+        "config": {
+            "width": N,
+            "batch_size": B,
+            "depth": L,
+            "networks": K,
+            "activation": "relu",
+            "dtype": "float32",
+            "forward_and_backward": True,
+            "cpu_count": os.cpu_count(),
+            "devices": [str(d) for d in jax.devices()],
+        },
         "implementations": {},
     }
     for name, r in rows.items():
         fit = fit_rate(r["grad"], lo, hi)
         result["implementations"][name] = {
-            "median_s": r["median_s"], "min_s": min(r["times_s"]), "times_s": r["times_s"],
+            "median_s": r["median_s"],
+            "min_s": min(r["times_s"]),
+            "times_s": r["times_s"],
             "first_call_s": r["first_call_s"],
-            "ratio_to_fast": r["median_s"] / fast_t, "gradient_rate": fit.rate, "gradient_rate_stderr": fit.stderr,
+            "ratio_to_fast": r["median_s"] / fast_t,
+            "gradient_rate": fit.rate,
+            "gradient_rate_stderr": fit.stderr,
         }
     if a.json:
         print(json.dumps(result))
         return 0
     c = result["config"]
-    print(f"forward + backward, relu, N={N} B={B} L={L} networks={K}, float32, {c['cpu_count']} CPUs, {len(c['devices'])} JAX device(s)")
-    print(f"ratios 'x fast' are medians over the fast simulator's median; runs: fast {a.repeat}, naive JAX {a.repeat_slow}, numpy 1")
-    print(f"{'implementation':16s} {'median s':>10s} {'min s':>8s} {'first call s':>13s} {'x fast':>8s}   gradient rate (jackknife se)")
+    print(
+        f"forward + backward, relu, N={N} B={B} L={L} networks={K}, float32, {c['cpu_count']} CPUs, {len(c['devices'])} JAX device(s)"
+    )
+    print(
+        f"ratios 'x fast' are medians over the fast simulator's median; runs: fast {a.repeat}, naive JAX {a.repeat_slow}, numpy 1"
+    )
+    print(
+        f"{'implementation':16s} {'median s':>10s} {'min s':>8s} {'first call s':>13s} {'x fast':>8s}   gradient rate (jackknife se)"
+    )
     for name, r in result["implementations"].items():
         first = "—" if r["first_call_s"] is None else f"{r['first_call_s']:.2f}"
-        print(f"{name:16s} {r['median_s']:10.3f} {r['min_s']:8.3f} {first:>13s} {r['ratio_to_fast']:8.1f}   "
-              f"{r['gradient_rate']:.4f} ± {r['gradient_rate_stderr']:.4f}")
+        print(
+            f"{name:16s} {r['median_s']:10.3f} {r['min_s']:8.3f} {first:>13s} {r['ratio_to_fast']:8.1f}   "
+            f"{r['gradient_rate']:.4f} ± {r['gradient_rate_stderr']:.4f}"
+        )
     return 0
 
 

@@ -26,10 +26,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import mpmath  # noqa: E402
+import mpmath
 
-from symbnmf._errors import OutputExistsError  # noqa: E402
-from symbnmf._transition import alpha_relu_point, critical_alpha  # noqa: E402
+from symbnmf._errors import OutputExistsError
+from symbnmf.numeric._transition import alpha_relu_point, critical_alpha
 
 FILES = ("alpha_relu_table.csv", "alpha_relu_grid.csv", "alpha_relu.png")
 
@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = [os.path.join(args.out_dir, f) for f in FILES]
     for path in paths:
         if os.path.exists(path) and not args.force:
-            print(f"alpha_relu.py: error: {OutputExistsError(f'{path} exists; pass --force to overwrite it')}", file=sys.stderr)
+            print(
+                f"alpha_relu.py: error: {OutputExistsError(f'{path} exists; pass --force to overwrite it')}",
+                file=sys.stderr,
+            )
             return 2
     os.makedirs(args.out_dir, exist_ok=True)
     Bs = [5, 8, 16] if args.quick else list(range(4, 33))

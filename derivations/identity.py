@@ -4,7 +4,7 @@ next to this script. Run: `python derivations/identity.py [--force]`."""
 
 import sys
 
-from symbnmf._scripts import derivation_script
+from symbnmf.cli.scripts import derivation_script
 
 if __name__ == "__main__":
     sys.exit(derivation_script("identity", __file__))

@@ -1,48 +1,120 @@
-"""symbnmf: the mean field theory of batch-normalized networks (Yang et al., ICLR 2019), executable."""
+"""symbnmf: the mean field theory of batch-normalized networks (Yang et al., ICLR 2019), executable.
 
-from ._activations import Activation as Activation
-from ._activations import get_activation as get_activation
-from ._activations import parse_expression as parse_expression
-from ._activations import x as x
-from ._conventions import CONVENTIONS as CONVENTIONS
-from ._conventions import QUANTITIES as QUANTITIES
-from ._conventions import check_batch_size as check_batch_size
-from ._errors import SymbnmfError as SymbnmfError
-from .montecarlo import MonteCarloError as MonteCarloError
-from .montecarlo import SimulationResult as SimulationResult
-from .montecarlo import simulate as simulate
-from ._fastquad import FastEvaluator as FastEvaluator
-from ._fastquad import fast_evaluate as fast_evaluate
-from . import codegen as codegen
-from ._train import TrainConfig as TrainConfig
-from ._train import TrainResult as TrainResult
-from ._train import load_digits as load_digits
-from ._train import train_network as train_network
-from ._train import gradient_growth as gradient_growth
-from ._cmd_trainability import predicted_max_depth as predicted_max_depth
-from ._cmd_trainability import run_grid as trainability_grid
+The public names, grouped by pipeline stage (see ``docs/api.md``). They are resolved lazily
+(PEP 562): ``import symbnmf`` is cheap and imports neither SymPy nor JAX until a name that needs
+them is used, so the command line starts fast and the symbolic stages never pull in JAX.
+"""
 
-__version__ = "0.1.0"
-from ._activations import HalfPolynomial as HalfPolynomial
-from ._algebra import B as B
-from ._algebra import SMatrix as SMatrix
-from ._derivation import Derivation as Derivation
-from ._derivation import Step as Step
-from ._derive import derive as derive
-from ._errors import ActivationError as ActivationError
-from ._errors import BatchSizeError as BatchSizeError
-from ._errors import ConvergenceError as ConvergenceError
-from ._errors import NoClosedFormError as NoClosedFormError
-from ._errors import OutputExistsError as OutputExistsError
-from ._gaussian import LEMMAS as LEMMAS
-from ._gaussian import Lemma as Lemma
-from ._quantities import definitions as definitions
-from ._evaluate import evaluate as evaluate
-from ._quadrature import sphere_quadrature as sphere_quadrature
-from ._quadrature import sphere_expectations as sphere_expectations
-from ._quadrature import evaluate_quadrature as evaluate_quadrature
-from ._laplace import laplace_V as laplace_V
-from ._laplace import laplace_iterate as laplace_iterate
-from ._certify import certify as certify
-from ._limits import gaussian_limits as gaussian_limits
-from ._transition import critical_alpha as critical_alpha
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__: str = _dist_version("symbnmf")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+#: public name -> (module, attribute), grouped by stage in pipeline order.
+_PUBLIC: dict[str, tuple[str, str]] = {
+    # 1. base: activations, conventions, errors
+    "Activation": ("symbnmf._activations", "Activation"),
+    "HalfPolynomial": ("symbnmf._activations", "HalfPolynomial"),
+    "get_activation": ("symbnmf._activations", "get_activation"),
+    "parse_expression": ("symbnmf._activations", "parse_expression"),
+    "x": ("symbnmf._activations", "x"),
+    "CONVENTIONS": ("symbnmf._conventions", "CONVENTIONS"),
+    "QUANTITIES": ("symbnmf._conventions", "QUANTITIES"),
+    "check_batch_size": ("symbnmf._conventions", "check_batch_size"),
+    "SymbnmfError": ("symbnmf._errors", "SymbnmfError"),
+    "ActivationError": ("symbnmf._errors", "ActivationError"),
+    "BatchSizeError": ("symbnmf._errors", "BatchSizeError"),
+    "ConvergenceError": ("symbnmf._errors", "ConvergenceError"),
+    "NoClosedFormError": ("symbnmf._errors", "NoClosedFormError"),
+    "OutputExistsError": ("symbnmf._errors", "OutputExistsError"),
+    # 2. symbolic: algebra, lemmas, definitions, closed forms
+    "B": ("symbnmf.symbolic._algebra", "B"),
+    "SMatrix": ("symbnmf.symbolic._algebra", "SMatrix"),
+    "LEMMAS": ("symbnmf.symbolic._gaussian", "LEMMAS"),
+    "Lemma": ("symbnmf.symbolic._gaussian", "Lemma"),
+    "definitions": ("symbnmf.symbolic._quantities", "definitions"),
+    "Derivation": ("symbnmf.symbolic._derivation", "Derivation"),
+    "Step": ("symbnmf.symbolic._derivation", "Step"),
+    "derive": ("symbnmf.symbolic._derive", "derive"),
+    # 3. numeric: mpmath quadrature, Laplace method, certification, limits, transition
+    "sphere_quadrature": ("symbnmf.numeric._quadrature", "sphere_quadrature"),
+    "sphere_expectations": ("symbnmf.numeric._quadrature", "sphere_expectations"),
+    "evaluate_quadrature": ("symbnmf.numeric._quadrature", "evaluate_quadrature"),
+    "laplace_V": ("symbnmf.numeric._laplace", "laplace_V"),
+    "laplace_iterate": ("symbnmf.numeric._laplace", "laplace_iterate"),
+    "certify": ("symbnmf.numeric._certify", "certify"),
+    "gaussian_limits": ("symbnmf.numeric._limits", "gaussian_limits"),
+    "critical_alpha": ("symbnmf.numeric._transition", "critical_alpha"),
+    # 4. fast: JAX code generation and jit quadrature
+    "codegen": ("symbnmf.fast.codegen", ""),
+    "FastEvaluator": ("symbnmf.fast._fastquad", "FastEvaluator"),
+    "fast_evaluate": ("symbnmf.fast._fastquad", "fast_evaluate"),
+    # front door: one call, any method
+    "evaluate": ("symbnmf._evaluate", "evaluate"),
+    # 5. montecarlo: finite-width networks
+    "simulate": ("symbnmf.montecarlo.simulate", "simulate"),
+    "SimulationResult": ("symbnmf.montecarlo.simulate", "SimulationResult"),
+    "MonteCarloError": ("symbnmf.montecarlo.simulate", "MonteCarloError"),
+    # 6. experiments: training and trainability
+    "TrainConfig": ("symbnmf.experiments.train", "TrainConfig"),
+    "TrainResult": ("symbnmf.experiments.train", "TrainResult"),
+    "load_digits": ("symbnmf.experiments.train", "load_digits"),
+    "train_network": ("symbnmf.experiments.train", "train_network"),
+    "gradient_growth": ("symbnmf.experiments.train", "gradient_growth"),
+    "predicted_max_depth": ("symbnmf.experiments.trainability", "predicted_max_depth"),
+    "trainability_grid": ("symbnmf.experiments.trainability", "run_grid"),
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'symbnmf' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = getattr(mod, attr) if attr else mod
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
+    from symbnmf._activations import Activation, HalfPolynomial, get_activation, parse_expression, x
+    from symbnmf._conventions import CONVENTIONS, QUANTITIES, check_batch_size
+    from symbnmf._errors import (
+        ActivationError,
+        BatchSizeError,
+        ConvergenceError,
+        NoClosedFormError,
+        OutputExistsError,
+        SymbnmfError,
+    )
+    from symbnmf._evaluate import evaluate
+    from symbnmf.experiments.train import TrainConfig, TrainResult, gradient_growth, load_digits, train_network
+    from symbnmf.experiments.trainability import predicted_max_depth
+    from symbnmf.experiments.trainability import run_grid as trainability_grid
+    from symbnmf.fast import codegen
+    from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
+    from symbnmf.montecarlo.simulate import MonteCarloError, SimulationResult, simulate
+    from symbnmf.numeric._certify import certify
+    from symbnmf.numeric._laplace import laplace_iterate, laplace_V
+    from symbnmf.numeric._limits import gaussian_limits
+    from symbnmf.numeric._quadrature import evaluate_quadrature, sphere_expectations, sphere_quadrature
+    from symbnmf.numeric._transition import critical_alpha
+    from symbnmf.symbolic._algebra import B, SMatrix
+    from symbnmf.symbolic._derivation import Derivation, Step
+    from symbnmf.symbolic._derive import derive
+    from symbnmf.symbolic._gaussian import LEMMAS, Lemma
+    from symbnmf.symbolic._quantities import definitions

@@ -8,7 +8,7 @@ with what decides which closed-form route applies:
 * whether it is *piecewise polynomial with its only kink at 0*, i.e.
   ``phi(x) = p(x) + H(x) q(x)`` with polynomials ``p, q`` and the Heaviside step ``H``
   (identity, ReLU, leaky ReLU, integer-alpha ReLU, |x|): then every mean-field quantity has a
-  closed form in B (see :mod:`symbnmf._sphere`);
+  closed form in B (see :mod:`symbnmf.symbolic._sphere`);
 * whether it is positive-homogeneous, ``phi(lambda x) = lambda^alpha phi(x)`` for lambda > 0, and
   of which degree (the Laplace method, Thm 3.2, applies).
 
@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import ast
 import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import sympy as sp
 
-from ._errors import ActivationError
+from symbnmf._errors import ActivationError
 
 #: The variable every activation is a function of.
 x = sp.Symbol("x", real=True)
@@ -56,7 +57,10 @@ def _swish(arg: sp.Expr) -> sp.Expr:
     return arg / (1 + sp.exp(-arg))
 
 
-def _leaky(arg: sp.Expr, a: Any = sp.Symbol("a", real=True)) -> sp.Expr:
+_SLOPE = sp.Symbol("a", real=True)
+
+
+def _leaky(arg: sp.Expr, a: Any = _SLOPE) -> sp.Expr:
     return sp.Piecewise((arg, arg > 0), (sp.sympify(a) * arg, True))
 
 
@@ -178,10 +182,10 @@ class HalfPolynomial:
     p: sp.Poly
     q: sp.Poly
 
-    def derivative(self) -> "HalfPolynomial":
+    def derivative(self) -> HalfPolynomial:
         return HalfPolynomial(self.p.diff(x), self.q.diff(x))
 
-    def __mul__(self, other: "HalfPolynomial") -> "HalfPolynomial":
+    def __mul__(self, other: HalfPolynomial) -> HalfPolynomial:
         # H^2 = H
         return HalfPolynomial(self.p * other.p, self.p * other.q + self.q * other.p + self.q * other.q)
 
@@ -322,7 +326,7 @@ class Activation:
     def free_parameters(self) -> tuple[sp.Symbol, ...]:
         return tuple(p for p in self.parameters if p.name not in self.values)
 
-    def bind(self, **values: Any) -> "Activation":
+    def bind(self, **values: Any) -> Activation:
         """Return a copy with parameter values bound, e.g. ``leaky_relu().bind(a=0.1)``."""
         names = {p.name for p in self.parameters}
         unknown = set(values) - names
@@ -390,7 +394,7 @@ def _lambdify(expr: sp.Expr, module: str) -> Callable[..., Any]:
     if module == "numpy":
         return sp.lambdify(x, expr, modules=["scipy", "numpy"])
     if module == "jax":
-        from ._jaxprint import jax_callable  # JAX enters only here (dks-style layering)
+        from symbnmf.fast._jaxprint import jax_callable  # JAX enters only here (dks-style layering)
 
         return jax_callable(expr, x)
     raise ActivationError(f"unknown numeric module {module!r}; use mpmath, numpy or jax")
@@ -426,7 +430,7 @@ def _catalog_entry(name: str) -> Activation:
 CATALOG: tuple[str, ...] = ("identity", "linear", "relu", "leaky_relu", "alpha_relu", "tanh", "erf", "gelu", "swish")
 
 
-def get_activation(spec: "str | Activation | sp.Expr", **params: Any) -> Activation:
+def get_activation(spec: str | Activation | sp.Expr, **params: Any) -> Activation:
     """Look up or parse an activation.
 
     ``spec`` is a catalog name (``identity``/``linear``, ``relu``, ``leaky_relu``,
@@ -439,11 +443,16 @@ def get_activation(spec: "str | Activation | sp.Expr", **params: Any) -> Activat
         return spec.bind(**params) if params else spec
     if isinstance(spec, sp.Expr):
         free = tuple(sorted((s for s in spec.free_symbols if s != x), key=lambda s: s.name))
-        act = Activation(str(spec), spec.subs({s: sp.Symbol(s.name, real=True) for s in free}),
-                         tuple(sp.Symbol(s.name, real=True) for s in free))
+        act = Activation(
+            str(spec),
+            spec.subs({s: sp.Symbol(s.name, real=True) for s in free}),
+            tuple(sp.Symbol(s.name, real=True) for s in free),
+        )
         return act.bind(**params) if params else act
     if not isinstance(spec, str):
-        raise ActivationError(f"activation must be a name, an expression string or a SymPy expression, got {type(spec).__name__}")
+        raise ActivationError(
+            f"activation must be a name, an expression string or a SymPy expression, got {type(spec).__name__}"
+        )
     text = spec.strip()
     try:
         tree = ast.parse(text, mode="eval").body

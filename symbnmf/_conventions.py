@@ -17,7 +17,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from ._errors import BatchSizeError
+from symbnmf._errors import BatchSizeError
 
 CONVENTIONS = (
     "Yang et al. ICLR 2019 mean field theory of batch norm; BN(h)=n(Gh), G=I-11^T/B, "

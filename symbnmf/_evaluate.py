@@ -18,15 +18,16 @@ merged into the record.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import mpmath as mp
 import sympy as sp
 
-from ._activations import Activation, get_activation
-from ._algebra import B as Bsym
-from ._conventions import CONVENTIONS, QUANTITIES, check_batch_size
-from ._errors import NoClosedFormError, SymbnmfError
+from symbnmf._activations import Activation, get_activation
+from symbnmf._conventions import CONVENTIONS, QUANTITIES, check_batch_size
+from symbnmf._errors import NoClosedFormError, SymbnmfError
+from symbnmf.symbolic._algebra import B as Bsym
 
 #: Digits used internally when only doubles are asked for (then rounded to float64).
 DOUBLE_DPS = 30
@@ -34,7 +35,7 @@ DOUBLE_DPS = 30
 
 def closed_form_backend(act: Activation, B: int, dps: int | None) -> dict[str, Any]:
     """Evaluate the derived closed forms (:func:`symbnmf.derive`) at B with ``dps`` digits."""
-    from ._derive import derive
+    from symbnmf.symbolic._derive import derive
 
     act.require_bound()
     d = derive(act)
@@ -48,15 +49,16 @@ def closed_form_backend(act: Activation, B: int, dps: int | None) -> dict[str, A
             if not val.is_real:
                 raise SymbnmfError(f"{name} is not real at B={B} ({val}); the closed form is outside its domain")
             out[name] = mp.mpf(sp.Float(val, digits + 5)._mpf_)
-    out["_meta"] = {"tolerance": {"relative": 0.0, "note": "exact closed form evaluated with "
-                                  f"{digits + 5} significant digits"}}
+    out["_meta"] = {
+        "tolerance": {"relative": 0.0, "note": f"exact closed form evaluated with {digits + 5} significant digits"}
+    }
     return out
 
 
 def _lazy(module: str, attr: str) -> Callable[..., dict]:
     def call(act: Activation, B: int, dps: int | None) -> dict:
         try:
-            fn = getattr(importlib.import_module(module, __package__), attr)
+            fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:  # pragma: no cover - a back end missing from the install
             raise SymbnmfError(f"evaluation method back end {module}.{attr} is unavailable: {exc}") from None
         return fn(act, B, dps)
@@ -67,8 +69,8 @@ def _lazy(module: str, attr: str) -> Callable[..., dict]:
 #: method name -> back end
 METHODS: dict[str, Callable[[Activation, int, int | None], dict]] = {
     "closed-form": closed_form_backend,
-    "quadrature": _lazy("._quadrature", "quadrature_backend"),
-    "fast": _lazy("._fastquad", "evaluate_fast"),
+    "quadrature": _lazy("symbnmf.numeric._quadrature", "quadrature_backend"),
+    "fast": _lazy("symbnmf.fast._fastquad", "evaluate_fast"),
 }
 
 
@@ -114,8 +116,14 @@ def resolve_method(act: Activation, method: str) -> str:
     return method
 
 
-def evaluate(activation: "str | Activation", Bs: "int | Iterable[int]", *, method: str = "auto",
-             dps: int | None = None, **params: Any) -> list[dict[str, Any]]:
+def evaluate(
+    activation: str | Activation,
+    Bs: int | Iterable[int],
+    *,
+    method: str = "auto",
+    dps: int | None = None,
+    **params: Any,
+) -> list[dict[str, Any]]:
     """Every mean-field quantity of ``activation`` at each batch size in ``Bs``.
 
     Conventions of ``shared/theory.md``; see the module docstring for the record schema.
@@ -147,7 +155,7 @@ def evaluate(activation: "str | Activation", Bs: "int | Iterable[int]", *, metho
     return out
 
 
-def evaluation_document(activation: "str | Activation", records: list[dict[str, Any]]) -> dict[str, Any]:
+def evaluation_document(activation: str | Activation, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The one JSON object printed by ``symbnmf eval --json``."""
     act = get_activation(activation)
     return {"activation": act.label, "phi": str(act.bound_expr), "conventions": CONVENTIONS, "results": records}

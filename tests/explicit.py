@@ -16,8 +16,8 @@ batches); ratios are formed per batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -70,14 +70,18 @@ def _mu_per_sample(F: Array) -> Array:
     return diag - off
 
 
-def fixed_point(phi: Callable[[Array], Array], B: int, n: int = 200_000, seed: int = 0,
-                n_batches: int = 40) -> dict[str, Estimate]:
+def fixed_point(
+    phi: Callable[[Array], Array], B: int, n: int = 200_000, seed: int = 0, n_batches: int = 40
+) -> dict[str, Estimate]:
     rng = np.random.default_rng(seed)
     y = sphere_samples(B, n, rng)
     F = phi(y)
     sq = (F**2).sum(axis=1) / B
     off = ((F.sum(axis=1)) ** 2 - (F**2).sum(axis=1)) / (B * (B - 1))
-    return {"diag": _est(sq.reshape(n_batches, -1).mean(axis=1)), "offdiag": _est(off.reshape(n_batches, -1).mean(axis=1))}
+    return {
+        "diag": _est(sq.reshape(n_batches, -1).mean(axis=1)),
+        "offdiag": _est(off.reshape(n_batches, -1).mean(axis=1)),
+    }
 
 
 def _psd_sqrt(S: Array) -> Array:
@@ -92,8 +96,15 @@ def _bn(h: Array) -> Array:
     return np.sqrt(B) * g / np.linalg.norm(g, axis=1, keepdims=True)
 
 
-def forward_rayleigh(phi: Callable[[Array], Array], B: int, Delta: Array, n: int = 200_000, seed: int = 0,
-                     t: float = 1e-3, n_batches: int = 40) -> Estimate:
+def forward_rayleigh(
+    phi: Callable[[Array], Array],
+    B: int,
+    Delta: Array,
+    n: int = 200_000,
+    seed: int = 0,
+    t: float = 1e-3,
+    n_batches: int = 40,
+) -> Estimate:
     """<Delta, G dV[Delta] G> / (mu* |Delta|^2) at Sigma = G, by central differences (Thm 3.6)."""
     rng = np.random.default_rng(seed)
     G = centering(B)
@@ -109,8 +120,15 @@ def forward_rayleigh(phi: Callable[[Array], Array], B: int, Delta: Array, n: int
     return _est(nb / (mb * (Delta * Delta).sum()))
 
 
-def backward_rayleigh(phi: Callable[[Array], Array], dphi: Callable[[Array], Array], B: int, Delta: Array,
-                      n: int = 200_000, seed: int = 0, n_batches: int = 40) -> Estimate:
+def backward_rayleigh(
+    phi: Callable[[Array], Array],
+    dphi: Callable[[Array], Array],
+    B: int,
+    Delta: Array,
+    n: int = 200_000,
+    seed: int = 0,
+    n_batches: int = 40,
+) -> Estimate:
     """<Delta, T(Delta)> / |Delta|^2 for the gradient map T (Thm 3.9), explicit B x B algebra."""
     rng = np.random.default_rng(seed)
     y = sphere_samples(B, n, rng)

@@ -30,7 +30,9 @@ def test_half_polynomial_and_homogeneity(name, hp, degree):
     assert act.homogeneity == degree
 
 
-@pytest.mark.parametrize("name", ["tanh", "erf", "gelu", "swish", "relu(x - 0.2)", "alpha_relu(1.5)", "tanh(0.5*x + 0.2)"])
+@pytest.mark.parametrize(
+    "name", ["tanh", "erf", "gelu", "swish", "relu(x - 0.2)", "alpha_relu(1.5)", "tanh(0.5*x + 0.2)"]
+)
 def test_no_closed_form_route(name):
     act = get_activation(name)
     assert act.half_polynomial is None
@@ -42,7 +44,9 @@ def test_alpha_relu_fractional_is_homogeneous():
     assert get_activation("tanh").homogeneity is None
 
 
-@pytest.mark.parametrize("name", ["tanh", "erf", "gelu", "swish", "relu", "leaky_relu(0.2)", "tanh(0.5*x + 0.2)", "sin(x)"])
+@pytest.mark.parametrize(
+    "name", ["tanh", "erf", "gelu", "swish", "relu", "leaky_relu(0.2)", "tanh(0.5*x + 0.2)", "sin(x)"]
+)
 def test_derivative_matches_finite_differences(name):
     act = get_activation(name)
     f = act.numeric("numpy")

@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import symbnmf  # noqa: E402
-from symbnmf._errors import OutputExistsError  # noqa: E402
-from symbnmf._mc_stats import glm_pieces  # noqa: E402
-from symbnmf.montecarlo import simulate, theory_values  # noqa: E402
+import symbnmf
+from symbnmf._errors import OutputExistsError
+from symbnmf.montecarlo.simulate import simulate, theory_values
+from symbnmf.montecarlo.stats import glm_pieces
 
 FILES = {
     "a": "figure1a_gradient_rate_vs_batch.png",
@@ -94,8 +94,17 @@ def panel_b(cfg: dict, seed: int, bar) -> dict:
 
 
 def panel_c(cfg: dict, seed: int, bar) -> dict:
-    res = simulate("relu", cfg["B"], cfg["width"], cfg["depth"], cfg["networks"], seed=seed, init="structured",
-                   backward=False, theory=False)
+    res = simulate(
+        "relu",
+        cfg["B"],
+        cfg["width"],
+        cfg["depth"],
+        cfg["networks"],
+        seed=seed,
+        init="structured",
+        backward=False,
+        theory=False,
+    )
     bar.update(1)
     d = res.summary["forward"]["distance"]
     ens = glm_pieces(res.cov.astype(np.float64).mean(0))  # distance of the ensemble-mean covariance
@@ -134,15 +143,24 @@ def _plot_a(plt, data, cfgs, paths):
         if vc:
             ax.plot(Bc, vc, "-", color=color, label=f"{act}: theory λ↓_G")
         pts = d["points"]
-        ax.errorbar([p["B"] for p in pts], [p["measured"] for p in pts], yerr=[2 * p["stderr"] for p in pts],
-                    fmt="o", color=color, capsize=3, label=f"{act}: Monte Carlo (±2 se)")
+        ax.errorbar(
+            [p["B"] for p in pts],
+            [p["measured"] for p in pts],
+            yerr=[2 * p["stderr"] for p in pts],
+            fmt="o",
+            color=color,
+            capsize=3,
+            label=f"{act}: Monte Carlo (±2 se)",
+        )
     ax.axhline(math.pi / (math.pi - 1), color="C0", ls=":", lw=1, label="ReLU B→∞: π/(π−1)")
     ca = cfgs["a"]
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size B")
     ax.set_ylabel("per-layer growth of E‖∂loss/∂x‖²")
-    ax.set_title(f"Fig. 1a: gradient explosion rate vs batch size\nN={ca['width']}, {ca['networks']} networks, "
-                 f"fit over {ca['depth']} layers")
+    ax.set_title(
+        f"Fig. 1a: gradient explosion rate vs batch size\nN={ca['width']}, {ca['networks']} networks, "
+        f"fit over {ca['depth']} layers"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -159,12 +177,18 @@ def _plot_b(plt, data, cfgs, paths):
     ax.plot(layers, d["log10_mean"], "o", ms=3, color="C0", label="simulated log10 of the mean")
     if d["theory_rate"] is not None:
         L = layers[-1]
-        ax.plot(layers, d["log10_mean"][-1] + (L - layers) * math.log10(d["theory_rate"]), "k-",
-                label=f"theory: λ↓_G = {d['theory_rate']:.4f} per layer")
+        ax.plot(
+            layers,
+            d["log10_mean"][-1] + (L - layers) * math.log10(d["theory_rate"]),
+            "k-",
+            label=f"theory: λ↓_G = {d['theory_rate']:.4f} per layer",
+        )
     ax.set_xlabel("layer l (readout at l = L)")
     ax.set_ylabel("log10 ‖∂loss/∂x^l‖²")
-    ax.set_title(f"Fig. 1b: gradient norm vs depth, ReLU, B={cb['B']}, N={cb['width']}\n"
-                 f"measured rate {d['measured_rate']:.4f} ± {d['stderr']:.4f}")
+    ax.set_title(
+        f"Fig. 1b: gradient norm vs depth, ReLU, B={cb['B']}, N={cb['width']}\n"
+        f"measured rate {d['measured_rate']:.4f} ± {d['stderr']:.4f}"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -183,13 +207,17 @@ def _plot_c(plt, data, cfgs, paths):
         ax.semilogy(layers, v, "x", ms=4, color=color, alpha=0.5, label=f"‖Δ_{piece}‖ averaged over networks")
         if d["theory"] is not None:
             lam = d["theory"][piece]
-            ax.semilogy(layers, e[1] * lam ** (layers - 1.0), "-", color=color, label=f"theory ∝ (λ↑_{piece} = {lam:.4f})^l")
+            ax.semilogy(
+                layers, e[1] * lam ** (layers - 1.0), "-", color=color, label=f"theory ∝ (λ↑_{piece} = {lam:.4f})^l"
+            )
     ax.axhline(d["noise_floor"], color="gray", ls=":", label="one network's fluctuation scale B/√N")
     ax.set_ylim(1e-4, None)
     ax.set_xlabel("layer l")
     ax.set_ylabel("distance of GΣG/μ to the BSB1 point G (Frobenius)")
-    ax.set_title(f"Fig. 1c: forward convergence to BSB1, ReLU, B={cc['B']}, N={cc['width']}\n"
-                 f"structured input, mean of {cc['networks']} networks")
+    ax.set_title(
+        f"Fig. 1c: forward convergence to BSB1, ReLU, B={cc['B']}, N={cc['width']}\n"
+        f"structured input, mean of {cc['networks']} networks"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -37,18 +37,38 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from symbnmf import _cmd_trainability as cmd  # noqa: E402
-from symbnmf._train import TrainConfig, load_digits, max_trainable_depth, train_network  # noqa: E402
+from symbnmf.experiments import trainability as cmd  # noqa: E402
+from symbnmf.experiments.train import TrainConfig, load_digits, max_trainable_depth, train_network  # noqa: E402
 
 SWEEPS: dict[str, dict[str, Any]] = {
-    "gamma_tanh": dict(activation="tanh", param="gamma", label=r"BN $\gamma$ (tanh, $\beta=0$)",
-                       values=[0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0], theory="tanh(g*x)", symbol="g",
-                       fine=np.linspace(0.05, 2.0, 40), log=False),
-    "beta_relu": dict(activation="relu", param="beta", label=r"BN $\beta$ (ReLU, $\gamma=1$)",
-                      values=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0], theory="relu(x + b)", symbol="b",
-                      fine=np.linspace(0.0, 2.0, 41), log=False),
-    "eps_relu": dict(activation="relu", param="eps", label=r"BN $\epsilon$ (ReLU)",
-                     values=[0.0, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0], theory=None, log=True),
+    "gamma_tanh": dict(
+        activation="tanh",
+        param="gamma",
+        label=r"BN $\gamma$ (tanh, $\beta=0$)",
+        values=[0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0],
+        theory="tanh(g*x)",
+        symbol="g",
+        fine=np.linspace(0.05, 2.0, 40),
+        log=False,
+    ),
+    "beta_relu": dict(
+        activation="relu",
+        param="beta",
+        label=r"BN $\beta$ (ReLU, $\gamma=1$)",
+        values=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0],
+        theory="relu(x + b)",
+        symbol="b",
+        fine=np.linspace(0.0, 2.0, 41),
+        log=False,
+    ),
+    "eps_relu": dict(
+        activation="relu",
+        param="eps",
+        label=r"BN $\epsilon$ (ReLU)",
+        values=[0.0, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0],
+        theory=None,
+        log=True,
+    ),
 }
 #: Quadrature settings for the theory curves: plot accuracy is enough, so the tolerance is loose
 #: (an activation with a kink off 0, relu(x + b), converged only algebraically in earlier versions
@@ -61,26 +81,33 @@ THEORY_RULES = ((240, 168), (160, 112))
 def theory_curve(expr: str, symbol: str, values: np.ndarray, B: int) -> dict[str, Any]:
     """lambda_down_G and xi of phi = ``expr`` over the parameter ``symbol`` = ``values`` at batch size B."""
     import symbnmf
-    from symbnmf._fastquad import FastEvaluator
+    from symbnmf.fast._fastquad import FastEvaluator
 
-    ev = FastEvaluator(symbnmf.get_activation(expr), ("backward.G", "depth_scale"), rtol=THEORY_RTOL, rules=THEORY_RULES)
+    ev = FastEvaluator(
+        symbnmf.get_activation(expr), ("backward.G", "depth_scale"), rtol=THEORY_RTOL, rules=THEORY_RULES
+    )
     lam, xi, failed = [], [], []
     try:
         r = ev([B], **{symbol: np.asarray(values, float)})
         lam, xi = list(r["backward.G"][:, 0]), list(r["depth_scale"][:, 0])
-    except Exception:  # noqa: BLE001 - fall back to point by point, recording failures
+    except Exception:
         for v in values:
             try:
                 r = ev([B], **{symbol: np.array([v])})
                 lam.append(float(r["backward.G"][0, 0]))
                 xi.append(float(r["depth_scale"][0, 0]))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 lam.append(None)
                 xi.append(None)
                 failed.append({"value": float(v), "error": f"{type(exc).__name__}: {exc}"})
-    clean = lambda a: [None if v is None or not math.isfinite(float(v)) else float(v) for v in a]  # noqa: E731
-    return {"values": [float(v) for v in values], "backward_G": clean(lam), "depth_scale": clean(xi),
-            "failed": failed, "source": f"FastEvaluator({expr!r}, rtol={THEORY_RTOL}, rules={THEORY_RULES})"}
+    clean = lambda a: [None if v is None or not math.isfinite(float(v)) else float(v) for v in a]
+    return {
+        "values": [float(v) for v in values],
+        "backward_G": clean(lam),
+        "depth_scale": clean(xi),
+        "failed": failed,
+        "source": f"FastEvaluator({expr!r}, rtol={THEORY_RTOL}, rules={THEORY_RULES})",
+    }
 
 
 def simulated_rates(sweep: dict[str, Any], B: int, width: int, depth: int, networks: int, seed: int) -> list[dict]:
@@ -92,13 +119,21 @@ def simulated_rates(sweep: dict[str, Any], B: int, width: int, depth: int, netwo
         kw = {sweep["param"]: float(v)}
         res = symbnmf.simulate(sweep["activation"], B, width, depth, networks, seed=seed + i, theory=False, **kw)
         gr = res.summary["gradient_rate"]
-        rows.append({"value": float(v), "rate": gr["measured"], "stderr": gr["stderr"],
-                     "method": res.summary["method"], "fit_window": res.summary["fit_window"]})
+        rows.append(
+            {
+                "value": float(v),
+                "rate": gr["measured"],
+                "stderr": gr["stderr"],
+                "method": res.summary["method"],
+                "fit_window": res.summary["fit_window"],
+            }
+        )
     return rows
 
 
-def trainability(sweep: dict[str, Any], B: int, depths: list[int], width: int, steps: int, lr: float, seed: int,
-                 progress: bool) -> dict[str, Any]:
+def trainability(
+    sweep: dict[str, Any], B: int, depths: list[int], width: int, steps: int, lr: float, seed: int, progress: bool
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     ds = load_digits()
@@ -106,8 +141,16 @@ def trainability(sweep: dict[str, Any], B: int, depths: list[int], width: int, s
     acc = np.zeros((len(vals), len(depths)))
     cells = [(i, j) for i in range(len(vals)) for j in range(len(depths))]
     for i, j in tqdm(cells, desc=sweep["param"], disable=not progress, file=sys.stderr):
-        cfg = TrainConfig(depth=depths[j], batch_size=B, width=width, steps=steps, lr=lr,
-                          activation=sweep["activation"], seed=seed + 1000 * i + j, **{sweep["param"]: float(vals[i])})
+        cfg = TrainConfig(
+            depth=depths[j],
+            batch_size=B,
+            width=width,
+            steps=steps,
+            lr=lr,
+            activation=sweep["activation"],
+            seed=seed + 1000 * i + j,
+            **{sweep["param"]: float(vals[i])},
+        )
         acc[i, j] = train_network(ds, cfg).test_accuracy
     chance = ds.chance
     thr = chance + 0.5 * (float(acc.max()) - chance)
@@ -133,9 +176,15 @@ def plot(name: str, sweep: dict[str, Any], res: dict[str, Any], path: str) -> No
             ax.plot(*zip(*ok), "k-", label=r"theory $\lambda_G^{\downarrow}$ (fast quadrature)")
     ax.axhline((B - 2) / (B - 3), color="gray", ls=":", label=r"linear limit $(B-2)/(B-3)$")
     pos = [(x, r) for x, r in zip(xv, sim) if r["rate"]]
-    ax.errorbar([x for x, _ in pos], [r["rate"] for _, r in pos], yerr=[2 * (r["stderr"] or 0) for _, r in pos],
-                fmt="o", color="C3", capsize=3,
-                label=f"Monte Carlo (N={res['sim_width']}, {res['sim_networks']} nets, ±2 s.e.)")
+    ax.errorbar(
+        [x for x, _ in pos],
+        [r["rate"] for _, r in pos],
+        yerr=[2 * (r["stderr"] or 0) for _, r in pos],
+        fmt="o",
+        color="C3",
+        capsize=3,
+        label=f"Monte Carlo (N={res['sim_width']}, {res['sim_networks']} nets, ±2 s.e.)",
+    )
     zero = [x for x, r in zip(xv, sim) if not r["rate"]]
     if zero:
         ax.plot(zero, [0] * len(zero), "x", color="C3", ms=8, label="Monte Carlo: gradients underflow to 0 (float32)")
@@ -165,14 +214,28 @@ def plot(name: str, sweep: dict[str, Any], res: dict[str, Any], path: str) -> No
     acc = np.asarray(tr["accuracy"])
     if sweep["log"]:
         # categorical axis for eps (0 cannot sit on a log axis)
-        mesh = ax.pcolormesh(np.arange(len(xv) + 1) - 0.5, cmd._edges(tr["depths"], False), acc.T, cmap="viridis",
-                             vmin=0, vmax=1, shading="flat")
+        mesh = ax.pcolormesh(
+            np.arange(len(xv) + 1) - 0.5,
+            cmd._edges(tr["depths"], False),
+            acc.T,
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            shading="flat",
+        )
         ax.set_xticks(range(len(xv)))
         ax.set_xticklabels([f"{v:g}" for v in sweep["values"]], rotation=45)
         xpos = list(range(len(xv)))
     else:
-        mesh = ax.pcolormesh(cmd._edges(xv, False), cmd._edges(tr["depths"], False), acc.T, cmap="viridis",
-                             vmin=0, vmax=1, shading="flat")
+        mesh = ax.pcolormesh(
+            cmd._edges(xv, False),
+            cmd._edges(tr["depths"], False),
+            acc.T,
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            shading="flat",
+        )
         xpos = xv
     ax.set_ylabel("depth (BN layers)")
     ax.set_xlabel(sweep["label"])
@@ -182,15 +245,26 @@ def plot(name: str, sweep: dict[str, Any], res: dict[str, Any], path: str) -> No
         if ok:
             import matplotlib.patheffects as pe
 
-            ax.plot(*zip(*ok), "w-", lw=2, label=r"theory $16\,\xi$",
-                    path_effects=[pe.withStroke(linewidth=3.5, foreground="k")])
+            ax.plot(
+                *zip(*ok),
+                "w-",
+                lw=2,
+                label=r"theory $16\,\xi$",
+                path_effects=[pe.withStroke(linewidth=3.5, foreground="k")],
+            )
     est = [(p, m["estimate"]) for p, m in zip(xpos, tr["measured"]) if m["estimate"] is not None]
     if est:
         ax.plot(*zip(*est), "r--", lw=1.2)
-        closed = [(p, m["estimate"]) for p, m in zip(xpos, tr["measured"])
-                  if m["estimate"] is not None and m["first_untrainable"] is not None]
-        open_ = [(p, m["estimate"]) for p, m in zip(xpos, tr["measured"])
-                 if m["estimate"] is not None and m["first_untrainable"] is None]
+        closed = [
+            (p, m["estimate"])
+            for p, m in zip(xpos, tr["measured"])
+            if m["estimate"] is not None and m["first_untrainable"] is not None
+        ]
+        open_ = [
+            (p, m["estimate"])
+            for p, m in zip(xpos, tr["measured"])
+            if m["estimate"] is not None and m["first_untrainable"] is None
+        ]
         if closed:
             ax.plot(*zip(*closed), "rs", label="measured max depth")
         if open_:
@@ -210,8 +284,10 @@ def width_trend(a: argparse.Namespace) -> int:
     path = os.path.join(a.outdir, "mitigation_width.json")
     cmd.check_outputs([path], a.force)
     B, widths, out = a.batch_size, [250, 500, 1000, 2000], []
-    for name, act, param, value, expr, sym in (("gamma_tanh", "tanh", "gamma", 1.0, "tanh(g*x)", "g"),
-                                               ("beta_relu", "relu", "beta", 0.5, "relu(x + b)", "b")):
+    for name, act, param, value, expr, sym in (
+        ("gamma_tanh", "tanh", "gamma", 1.0, "tanh(g*x)", "g"),
+        ("beta_relu", "relu", "beta", 0.5, "relu(x + b)", "b"),
+    ):
         rows = []
         for i, N in enumerate(widths):
             res = symbnmf.simulate(act, B, N, 40, 100, seed=101 + i, theory=False, **{param: value})
@@ -223,10 +299,20 @@ def width_trend(a: argparse.Namespace) -> int:
         cov = np.linalg.inv(X.T @ (w[:, None] * X))
         coef = cov @ X.T @ (w * y)
         theory = theory_curve(expr, sym, np.array([value]), B)["backward_G"][0]
-        out.append({"sweep": name, "param": param, "value": value, "B": B, "rows": rows,
-                    "extrapolated_rate": float(coef[0]), "extrapolated_se": float(math.sqrt(cov[0, 0])),
-                    "slope_c": float(coef[1]), "theory_backward_G": theory,
-                    "z_extrapolated": float((coef[0] - theory) / math.sqrt(cov[0, 0]))})
+        out.append(
+            {
+                "sweep": name,
+                "param": param,
+                "value": value,
+                "B": B,
+                "rows": rows,
+                "extrapolated_rate": float(coef[0]),
+                "extrapolated_se": float(math.sqrt(cov[0, 0])),
+                "slope_c": float(coef[1]),
+                "theory_backward_G": theory,
+                "z_extrapolated": float((coef[0] - theory) / math.sqrt(cov[0, 0])),
+            }
+        )
         print(out[-1], file=sys.stderr)
     with open(path, "w") as fh:
         json.dump({"experiment": "finite-width trend of the Monte Carlo gradient rate", "rows": out}, fh, indent=1)
@@ -239,15 +325,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     ap.add_argument("--sweeps", default=",".join(SWEEPS))
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--check-mpmath", action="store_true",
-                    help="also certify lambda_down_G of relu(x + 1/2) by mpmath quadrature (about 1 min)")
+    ap.add_argument(
+        "--check-mpmath",
+        action="store_true",
+        help="also certify lambda_down_G of relu(x + 1/2) by mpmath quadrature (about 1 min)",
+    )
     ap.add_argument("--outdir", default=HERE)
     ap.add_argument("--replot", action="store_true", help="only redraw the PNGs from an existing mitigation JSON")
-    ap.add_argument("--refresh-theory", action="store_true",
-                    help="recompute the theory curves of the existing JSON (no simulation or training), redraw")
-    ap.add_argument("--width-trend", action="store_true",
-                    help="instead: Monte Carlo rate of tanh(x) (gamma=1) and relu(x + 1/2) at B=32 for widths "
-                         "250..2000, extrapolated linearly in 1/N (mitigation_width.json)")
+    ap.add_argument(
+        "--refresh-theory",
+        action="store_true",
+        help="recompute the theory curves of the existing JSON (no simulation or training), redraw",
+    )
+    ap.add_argument(
+        "--width-trend",
+        action="store_true",
+        help="instead: Monte Carlo rate of tanh(x) (gamma=1) and relu(x + 1/2) at B=32 for widths "
+        "250..2000, extrapolated linearly in 1/N (mitigation_width.json)",
+    )
     a = ap.parse_args(argv)
     if a.width_trend:
         return width_trend(a)
@@ -271,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["theory"] = theory_curve(sw["theory"], sw["symbol"], sw["fine"], res["B"])
                 res["theory_at_values"] = theory_curve(sw["theory"], sw["symbol"], vals, res["B"])
                 res["trainability"]["predicted_max_depth"] = [
-                    None if x is None else 16 * x for x in res["theory_at_values"]["depth_scale"]]
+                    None if x is None else 16 * x for x in res["theory_at_values"]["depth_scale"]
+                ]
             if "check_mpmath" in old:
                 c = old["check_mpmath"]
                 c["fast_backward_G"] = theory_curve("relu(x + b)", "b", np.array([0.5]), c["B"])["backward_G"][0]
@@ -299,15 +395,23 @@ def main(argv: list[str] | None = None) -> int:
             if "fine" in sw:
                 sw["fine"] = sw["fine"][::8]
         t0 = time.perf_counter()
-        res: dict[str, Any] = {"B": B, "param": sw["param"], "activation": sw["activation"],
-                               "sim_width": width, "sim_depth": depth, "sim_networks": nets}
+        res: dict[str, Any] = {
+            "B": B,
+            "param": sw["param"],
+            "activation": sw["activation"],
+            "sim_width": width,
+            "sim_depth": depth,
+            "sim_networks": nets,
+        }
         if sw["theory"]:
             res["theory"] = theory_curve(sw["theory"], sw["symbol"], sw["fine"], B)
             res["theory_at_values"] = theory_curve(sw["theory"], sw["symbol"], np.asarray(sw["values"]), B)
         else:
             res["theory"] = None
-            res["theory_reason"] = ("eps > 0: BN is no longer scale invariant, the fixed point depends on the weight "
-                                    "scale; no eps > 0 mean field theory is derived in symbnmf (simulation only)")
+            res["theory_reason"] = (
+                "eps > 0: BN is no longer scale invariant, the fixed point depends on the weight "
+                "scale; no eps > 0 mean field theory is derived in symbnmf (simulation only)"
+            )
         t1 = time.perf_counter()
         res["simulation"] = simulated_rates(sw, B, width, depth, nets, seed=11)
         t2 = time.perf_counter()
@@ -315,28 +419,43 @@ def main(argv: list[str] | None = None) -> int:
         t3 = time.perf_counter()
         if res["theory"]:
             res["trainability"]["predicted_max_depth"] = [
-                None if x is None else 16 * x for x in res["theory_at_values"]["depth_scale"]]
+                None if x is None else 16 * x for x in res["theory_at_values"]["depth_scale"]
+            ]
         res["seconds"] = {"theory": round(t1 - t0, 1), "simulation": round(t2 - t1, 1), "training": round(t3 - t2, 1)}
         plot(n, sw, res, out)
         report["sweeps"][n] = res
         print(f"{n}: wrote {out} ({res['seconds']})", file=sys.stderr)
     if a.check_mpmath:
         import symbnmf
-        from symbnmf._quadrature import evaluate_quadrature
+        from symbnmf.numeric._quadrature import evaluate_quadrature
 
         t0 = time.perf_counter()
         cert = evaluate_quadrature(symbnmf.get_activation("relu(x + b)", b=0.5), B, dps=15)["backward.G"]
         fast = theory_curve("relu(x + b)", "b", np.array([0.5]), B)["backward_G"][0]
-        report["check_mpmath"] = {"activation": "relu(x + 1/2)", "B": B, "mpmath_backward_G": str(cert),
-                                  "fast_backward_G": fast, "relative_difference": abs(fast / float(cert) - 1),
-                                  "seconds": round(time.perf_counter() - t0, 1)}
+        report["check_mpmath"] = {
+            "activation": "relu(x + 1/2)",
+            "B": B,
+            "mpmath_backward_G": str(cert),
+            "fast_backward_G": fast,
+            "relative_difference": abs(fast / float(cert) - 1),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     report["seconds"] = round(time.perf_counter() - t_all, 1)
     with open(js, "w") as fh:
         json.dump(report, fh, indent=1)
-    print(json.dumps({n: {"sim": [(r["value"], r["rate"]) for r in s["simulation"]],
-                          "measured": [m["estimate"] for m in s["trainability"]["measured"]],
-                          "predicted": s["trainability"].get("predicted_max_depth")}
-                      for n, s in report["sweeps"].items()}, indent=None))
+    print(
+        json.dumps(
+            {
+                n: {
+                    "sim": [(r["value"], r["rate"]) for r in s["simulation"]],
+                    "measured": [m["estimate"] for m in s["trainability"]["measured"]],
+                    "predicted": s["trainability"].get("predicted_max_depth"),
+                }
+                for n, s in report["sweeps"].items()
+            },
+            indent=None,
+        )
+    )
     return 0
 
 

@@ -23,8 +23,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from symbnmf import _cmd_trainability as cmd  # noqa: E402
-from symbnmf._train import gradient_growth  # noqa: E402
+from symbnmf.experiments import trainability as cmd  # noqa: E402
+from symbnmf.experiments.train import gradient_growth  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-growth", action="store_true", help="skip the gradient-growth measurement")
     ap.add_argument("--outdir", default=HERE)
     ap.add_argument("--replot", action="store_true", help="only redraw the PNG from the existing JSON")
-    ap.add_argument("--refresh-theory", action="store_true",
-                    help="recompute the theory and the comparison of the existing JSON (no retraining), redraw")
-    ap.add_argument("--lr-check", action="store_true",
-                    help="instead: measured max depth at B=8, 32 for SGD lr 0.01, 0.05, 0.2 (trainability_lr.json)")
+    ap.add_argument(
+        "--refresh-theory",
+        action="store_true",
+        help="recompute the theory and the comparison of the existing JSON (no retraining), redraw",
+    )
+    ap.add_argument(
+        "--lr-check",
+        action="store_true",
+        help="instead: measured max depth at B=8, 32 for SGD lr 0.01, 0.05, 0.2 (trainability_lr.json)",
+    )
     a = ap.parse_args(argv)
     if a.lr_check:
         return lr_check(a)
@@ -65,13 +71,29 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         growth = []
         for c in report["comparison"]:
-            g = gradient_growth(c["B"], width=256 if not a.quick else 64, depth=32 if not a.quick else 12,
-                                n_networks=64 if not a.quick else 8)
-            growth.append({"B": c["B"], "measured_rate": g.rate, "bootstrap_se": g.rate_se,
-                           "theory_backward_G": c["backward_G"], "width": g.width, "depth": g.depth,
-                           "networks": g.n_networks, "fit_layers": list(g.fit_layers)})
-        report["gradient_growth_at_init"] = {"rows": growth, "seconds": round(time.perf_counter() - t0, 1),
-                                             "note": "ln of the mean over networks of ||dloss/dx^l||^2, slope over fit_layers"}
+            g = gradient_growth(
+                c["B"],
+                width=256 if not a.quick else 64,
+                depth=32 if not a.quick else 12,
+                n_networks=64 if not a.quick else 8,
+            )
+            growth.append(
+                {
+                    "B": c["B"],
+                    "measured_rate": g.rate,
+                    "bootstrap_se": g.rate_se,
+                    "theory_backward_G": c["backward_G"],
+                    "width": g.width,
+                    "depth": g.depth,
+                    "networks": g.n_networks,
+                    "fit_layers": list(g.fit_layers),
+                }
+            )
+        report["gradient_growth_at_init"] = {
+            "rows": growth,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "note": "ln of the mean over networks of ||dloss/dx^l||^2, slope over fit_layers",
+        }
     cmd.write_figure(report, prefix + ".png")
     with open(prefix + ".json", "w") as fh:
         json.dump(report, fh, indent=1)
@@ -91,14 +113,34 @@ def lr_check(a: argparse.Namespace) -> int:
     for lr in (0.01, 0.05, 0.2):
         rep = cmd.run_grid((10, 20, 30, 40, 50, 70), (8, 32), width=128, steps=500, lr=lr, optimizer="sgd")
         for c in rep["comparison"]:
-            rows.append({"lr": lr, **{k: c[k] for k in ("B", "predicted_max_depth", "measured_last_trainable",
-                                                         "measured_first_untrainable", "measured_estimate")},
-                         "accuracy": rep["accuracy"][rep["batch_sizes"].index(c["B"])], "depths": rep["depths"],
-                         "threshold": rep["threshold"], "seconds": rep["seconds"]})
+            rows.append(
+                {
+                    "lr": lr,
+                    **{
+                        k: c[k]
+                        for k in (
+                            "B",
+                            "predicted_max_depth",
+                            "measured_last_trainable",
+                            "measured_first_untrainable",
+                            "measured_estimate",
+                        )
+                    },
+                    "accuracy": rep["accuracy"][rep["batch_sizes"].index(c["B"])],
+                    "depths": rep["depths"],
+                    "threshold": rep["threshold"],
+                    "seconds": rep["seconds"],
+                }
+            )
     with open(path, "w") as fh:
         json.dump({"experiment": "learning-rate sensitivity of the trainability boundary", "rows": rows}, fh, indent=1)
     for r in rows:
-        print({k: r[k] for k in ("lr", "B", "predicted_max_depth", "measured_last_trainable", "measured_first_untrainable")})
+        print(
+            {
+                k: r[k]
+                for k in ("lr", "B", "predicted_max_depth", "measured_last_trainable", "measured_first_untrainable")
+            }
+        )
     return 0
 
 

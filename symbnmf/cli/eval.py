@@ -1,0 +1,64 @@
+"""``symbnmf eval ACT --batch-size B [B ...]``: numbers for every quantity."""
+
+from __future__ import annotations
+
+import argparse
+
+from symbnmf._activations import get_activation
+from symbnmf._conventions import QUANTITIES
+from symbnmf._evaluate import evaluate, evaluation_document
+from symbnmf.cli.util import add_activation_arguments, add_json_argument, parse_params, print_json
+
+NAME = "eval"
+HELP = "evaluate the fixed point, eigenvalues and depth scale at integer batch sizes"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_activation_arguments(p)
+    p.add_argument("--batch-size", "-B", nargs="+", required=True, metavar="B", help="batch sizes (integers >= 4)")
+    p.add_argument("--dps", type=int, default=None, metavar="N", help="also give N-digit values (mpmath) under 'mp'")
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "closed-form", "quadrature", "fast"],
+        help="auto: closed form when phi has one, else certified mpmath quadrature",
+    )
+    p.add_argument("--fast", action="store_true", help="shorthand for --method fast (JAX Gauss quadrature)")
+    add_json_argument(p)
+
+
+def _batch_sizes(items: list[str]) -> list:
+    out = []
+    for s in items:
+        try:
+            f = float(s)
+        except ValueError:
+            out.append(s)
+            continue
+        out.append(int(f) if f.is_integer() else f)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    act = get_activation(args.activation, **parse_params(args.param))
+    method = "fast" if args.fast else args.method
+    records = evaluate(act, _batch_sizes(args.batch_size), method=method, dps=args.dps)
+    if args.json:
+        print_json(evaluation_document(act, records))
+        return 0
+    print(f"# {act.label}: phi(x) = {act.bound_expr}   (method: {records[0]['method']})")
+    header = ["B"] + list(QUANTITIES)
+    print("  ".join(f"{h:>20}" for h in header))
+    for r in records:
+        row = [str(r["B"])]
+        for name in QUANTITIES:
+            head, _, tail = name.partition(".")
+            v = r[head][tail] if tail else r[head]
+            row.append(f"{v:.15g}")
+        print("  ".join(f"{c:>20}" for c in row))
+        if "mp" in r:
+            for name in QUANTITIES:
+                head, _, tail = name.partition(".")
+                v = r["mp"][head][tail] if tail else r["mp"][head]
+                print(f"    {name} = {v}")
+    return 0

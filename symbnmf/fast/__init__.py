@@ -1,0 +1,10 @@
+"""Stage 4 — fast: JAX enters here. A table-driven JAX/numpy printer, standalone generated evaluator
+modules of the closed forms (`codegen`), and jit-compiled fixed Gauss quadrature of the same definitions.
+May import: the base modules, symbnmf.symbolic, symbnmf.numeric, JAX."""
+
+from symbnmf.fast import codegen as codegen
+from symbnmf.fast._fastquad import FastEvaluator as FastEvaluator
+from symbnmf.fast._fastquad import fast_evaluate as fast_evaluate
+from symbnmf.fast._jaxprint import CodegenError as CodegenError
+
+__all__ = ["CodegenError", "FastEvaluator", "codegen", "fast_evaluate"]

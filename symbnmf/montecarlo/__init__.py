@@ -1,0 +1,10 @@
+"""Stage 5 — montecarlo: finite-width batch-normalized networks in JAX (exact O(N·B²) Gaussian layers,
+dense reference layers), sharded over devices; measured rates with standard errors beside the theory.
+May import: the base modules, the front door symbnmf._evaluate (theory column), fast, JAX."""
+
+from symbnmf.montecarlo.simulate import MonteCarloError as MonteCarloError
+from symbnmf.montecarlo.simulate import SimulationResult as SimulationResult
+from symbnmf.montecarlo.simulate import simulate as simulate
+from symbnmf.montecarlo.stats import extrapolate_width as extrapolate_width
+
+__all__ = ["MonteCarloError", "SimulationResult", "extrapolate_width", "simulate"]

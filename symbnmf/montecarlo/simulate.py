@@ -1,0 +1,386 @@
+"""Monte Carlo of finite-width batch-normalized networks in JAX, measured against the theory.
+
+:func:`simulate` runs K independent networks h^l = W^l x^{l-1} + b^l, x^l = φ(γ BN(h^l) + β)
+(width N, batch B, depth L, W ~ N(0, 1/N) by default; theory.md conventions), with a random
+linear readout loss = Σ R ⊙ x^L, and measures per layer
+
+* the batch covariance Σ^l = x^lᵀ x^l / N, its scale μ_l = tr(GΣG)/(B−1) and the distance of
+  GΣG/μ_l to the BSB1 fixed point G, split into the L and M pieces (Thm 3.6; the G piece is
+  reported as the relative deviation of the scale from μ*);
+* ‖∂loss/∂x^l‖² and ‖∂loss/∂W^l‖² by true backpropagation (``jax.grad``; no
+  gradient-independence shortcut);
+
+fits the per-layer growth factor of the mean squared gradient norm (comparable to λ↓_G,
+Thm 3.9/3.10; App. L for weight gradients) with a jackknife standard error over networks and
+puts every measured figure beside the theory value from :func:`symbnmf.evaluate` and a z-score.
+JAX is imported only when a simulation runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from symbnmf._activations import Activation, get_activation
+from symbnmf._activations import x as _x
+from symbnmf._conventions import check_batch_size
+from symbnmf._errors import SymbnmfError
+from symbnmf.montecarlo.stats import fit_rate, glm_pieces, mean_se, zscore
+
+WEIGHT_LAWS = ("gaussian", "orthogonal", "rademacher")
+METHODS = ("auto", "fast", "dense")
+INITS = ("fixed_point", "iid", "structured")
+DTYPES = ("float32", "float64")
+
+
+class MonteCarloError(SymbnmfError):
+    """Bad Monte Carlo settings (width, depth, networks, weight law, dtype, ...)."""
+
+
+@dataclass
+class SimulationResult:
+    """Per-network, per-layer measurements and their summary against the theory.
+
+    Arrays (leading axis = networks): ``grad_x`` (K, L+1) ‖∂loss/∂x^l‖², l = 0..L;
+    ``grad_w`` (K, L) ‖∂loss/∂W^l‖², l = 1..L; ``cov`` (K, L+1, B, B) batch covariances.
+    ``summary`` is the JSON-ready dict printed by ``symbnmf simulate --json``.
+    """
+
+    settings: dict[str, Any]
+    grad_x: np.ndarray | None
+    grad_w: np.ndarray | None
+    cov: np.ndarray
+    theory: dict[str, Any] | None
+    theory_reason: str | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.summary
+
+
+def _composite_activation(act: Activation, gamma: float, beta: float) -> Activation:
+    """φ(γ x + β): BN's γ, β absorbed into the activation (theory.md conventions)."""
+    if gamma == 1 and beta == 0:
+        return act
+    import sympy as sp
+
+    expr = act.bound_expr.subs(_x, sp.nsimplify(gamma, rational=True) * _x + sp.nsimplify(beta, rational=True))
+    return Activation(f"{act.label} with BN gamma={gamma:g}, beta={beta:g}", expr)
+
+
+def theory_values(
+    act: Activation, B: int, *, gamma: float = 1.0, beta: float = 0.0, eps: float = 0.0
+) -> tuple[dict | None, str | None]:
+    """Theory record ``symbnmf.evaluate(φ(γx+β), [B])[0]`` or ``(None, reason)`` if unavailable.
+
+    Method: closed form when φ has one, else ``"fast"`` (JAX quadrature), else ``"quadrature"``.
+    """
+    if B < 4:
+        if B == 2:
+            return (
+                None,
+                "B=2 is outside the theory: BN(h) = ±(1,-1) per unit, so every gradient below the readout vanishes (App. J)",
+            )
+        return None, f"B={B} is outside the theory (needs B >= 4; App. J conjectures B=3 behaves like B=4)"
+    if eps != 0:
+        return None, "BN's eps > 0 is outside the mean field formulas (theory uses eps = 0)"
+    try:
+        import symbnmf
+
+        evaluate = getattr(symbnmf, "evaluate", None)
+        if evaluate is None:
+            return None, "symbnmf.evaluate is not available in this build"
+        comp = _composite_activation(act, gamma, beta)
+        # Closed forms when derived; otherwise the JAX quadrature (far more precise than any
+        # Monte Carlo standard error), falling back to the certified mpmath quadrature.
+        if comp.has_closed_form:
+            return evaluate(comp, [B], method="closed-form")[0], None
+        try:
+            return evaluate(comp, [B], method="fast")[0], None
+        except SymbnmfError:
+            return evaluate(comp, [B], method="quadrature")[0], None
+    except SymbnmfError as exc:
+        return None, f"no theory value: {exc}"
+    except Exception as exc:
+        return None, f"no theory value ({type(exc).__name__}: {exc})"
+
+
+def _f(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _list(values: np.ndarray) -> list[float | None]:
+    """JSON-safe list: non-finite entries (log of an exactly zero gradient) become null."""
+    return [_f(v) for v in np.asarray(values, dtype=np.float64)]
+
+
+def _entry(
+    measured: float | None, stderr: float | None, theory: float | None, reason: str | None = None
+) -> dict[str, Any]:
+    out = {
+        "measured": _f(measured),
+        "stderr": _f(stderr),
+        "theory": _f(theory),
+        "z": zscore(_f(measured), _f(stderr), _f(theory)),
+    }
+    if out["theory"] is None and reason:
+        out["reason"] = reason
+    return out
+
+
+def default_fit_window(depth: int) -> tuple[int, int]:
+    """Layers used for the rate fit: away from the input and from the readout."""
+    trim = max(1, depth // 10)
+    return trim, depth - trim
+
+
+def _validate(
+    B: Any,
+    width: Any,
+    depth: Any,
+    networks: Any,
+    weights: str,
+    dtype: str,
+    method: str,
+    init: str,
+    gamma: float,
+    beta: float,
+    eps: float,
+    sigma_b: float,
+    burn_in: int | None,
+) -> tuple[int, int, int, int, str]:
+    b = check_batch_size(B, minimum=2, what="Monte Carlo networks")
+    for name, v, lo in (("width", width, 1), ("depth", depth, 1), ("networks", networks, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise MonteCarloError(f"{name} must be an integer >= {lo}, got {v!r}; e.g. --{name} {max(lo, 8)}")
+    if weights not in WEIGHT_LAWS:
+        raise MonteCarloError(f"unknown weight law {weights!r}; use one of {', '.join(WEIGHT_LAWS)}")
+    if dtype not in DTYPES:
+        raise MonteCarloError(f"unknown dtype {dtype!r}; use float32 or float64")
+    if method not in METHODS:
+        raise MonteCarloError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if init not in INITS:
+        raise MonteCarloError(f"unknown init {init!r}; use one of {', '.join(INITS)}")
+    if method == "fast" and weights != "gaussian":
+        raise MonteCarloError(
+            f"the fast exact sampler needs Gaussian weights; use --method dense for {weights} weights"
+        )
+    if not all(math.isfinite(float(v)) for v in (gamma, beta, eps, sigma_b)):
+        raise MonteCarloError("gamma, beta, eps and sigma_b must be finite numbers")
+    if eps < 0 or sigma_b < 0:
+        raise MonteCarloError("eps and sigma_b must be >= 0")
+    if burn_in is not None and (isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or burn_in < 0):
+        raise MonteCarloError(f"burn_in must be an integer >= 0, got {burn_in!r}")
+    resolved = method if method != "auto" else ("fast" if weights == "gaussian" else "dense")
+    return b, int(width), int(depth), int(networks), resolved
+
+
+_PHI_CACHE: dict[str, Any] = {}
+
+
+def _jax_phi(act: Activation):
+    import sympy as sp
+
+    key = sp.srepr(act.bound_expr)
+    if key not in _PHI_CACHE:
+        _PHI_CACHE[key] = act.numeric("jax")
+    return key, _PHI_CACHE[key]
+
+
+def simulate(
+    activation: str | Activation,
+    batch_size: int,
+    width: int,
+    depth: int,
+    networks: int,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    weights: str = "gaussian",
+    method: str = "auto",
+    gamma: float = 1.0,
+    beta: float = 0.0,
+    eps: float = 0.0,
+    sigma_b: float = 0.0,
+    burn_in: int | None = None,
+    init: str = "fixed_point",
+    fit_window: tuple[int, int] | None = None,
+    backward: bool = True,
+    theory: bool = True,
+    progress: bool = False,
+    chunk: int | None = None,
+    devices: Sequence[Any] | None = None,
+) -> SimulationResult:
+    """Simulate ``networks`` batch-normalized networks and compare with the mean field theory.
+
+    Conventions: theory.md (σ_w² = 1; BN per unit across the batch with γ, β, ε; γ and β are
+    compared with the theory of φ(γx + β); ε > 0 has no theory value).  The measured
+    ``gradient_rate`` is the per-layer factor by which the *mean over networks* of
+    ‖∂loss/∂x^l‖² grows towards the input, fitted on ``fit_window`` (default: depth/10 layers
+    trimmed at both ends) — the Monte Carlo counterpart of λ↓_G (Thm 3.9, 3.10), with a
+    delete-one jackknife standard error over networks.
+
+    * ``activation``: name/expression/:class:`Activation` (parameters bound).
+    * ``batch_size`` B >= 2 (B = 2: gradients vanish exactly; B = 3 has no theory value).
+    * ``width`` N, ``depth`` L (measured layers, after ``burn_in`` forward-only layers:
+      default 5 for ``init="fixed_point"``, else 0), ``networks`` K, ``seed``.
+    * ``weights``: ``"gaussian"``, ``"orthogonal"`` (Haar) or ``"rademacher"``;
+      ``method``: ``"fast"`` (exact O(N·B²) sampler of Gaussian layers), ``"dense"``
+      (N×N matrices; the reference), or ``"auto"`` (fast when Gaussian).
+    * ``dtype``: ``"float32"`` or ``"float64"`` (x64 enabled for this call only).
+    * ``init``: ``"fixed_point"`` (xᵀx/N = G), ``"iid"`` or ``"structured"`` (far from BSB1).
+    * ``backward=False`` runs the forward pass only (covariances).
+    * ``devices``: JAX devices to shard the networks over (default: all).
+
+    Raises :class:`MonteCarloError` / :class:`~symbnmf._errors.BatchSizeError` on bad input.
+    """
+    t0 = time.perf_counter()
+    B, N, L, K, meth = _validate(
+        batch_size, width, depth, networks, weights, dtype, method, init, gamma, beta, eps, sigma_b, burn_in
+    )
+    act = get_activation(activation)
+    act.require_bound()
+    if burn_in is None:
+        burn_in = 5 if init == "fixed_point" else 0
+    lo, hi = fit_window if fit_window is not None else default_fit_window(L)
+    if not (0 <= lo < hi <= L):
+        raise MonteCarloError(f"fit window {lo}..{hi} must satisfy 0 <= lo < hi <= depth={L}")
+
+    import jax
+
+    from symbnmf.montecarlo.run import NetConfig, run_networks
+
+    act_key, phi_base = _jax_phi(act)
+    phi = phi_base
+    cfg = NetConfig(
+        N,
+        B,
+        L,
+        int(burn_in),
+        meth,
+        weights,
+        dtype,
+        float(gamma),
+        float(beta),
+        float(eps),
+        float(sigma_b),
+        init,
+        bool(backward),
+        act_key,
+    )
+    with jax.enable_x64(dtype == "float64"):
+        raw = run_networks(cfg, phi, int(seed), K, chunk=chunk, progress=progress, devices=devices)
+    n_dev = len(devices) if devices is not None else jax.device_count()
+
+    rec, reason = theory_values(act, B, gamma=gamma, beta=beta, eps=eps) if theory else (None, "theory not requested")
+    res = SimulationResult(
+        settings={
+            "activation": act.label,
+            "batch_size": B,
+            "width": N,
+            "depth": L,
+            "networks": K,
+            "seed": int(seed),
+            "dtype": dtype,
+            "weights": weights,
+            "method": meth,
+            "gamma": float(gamma),
+            "beta": float(beta),
+            "eps": float(eps),
+            "sigma_b": float(sigma_b),
+            "burn_in": int(burn_in),
+            "init": init,
+            "fit_window": [lo, hi],
+            "devices": n_dev,
+        },
+        grad_x=raw.get("grad_x"),
+        grad_w=raw.get("grad_w"),
+        cov=raw["cov"],
+        theory=rec,
+        theory_reason=reason,
+    )
+    res.summary = _summarize(res, lo, hi)
+    res.summary["time_s"] = time.perf_counter() - t0
+    return res
+
+
+def _summarize(res: SimulationResult, lo: int, hi: int) -> dict[str, Any]:
+    s = dict(res.settings)
+    rec, reason = res.theory, res.theory_reason
+    B = s["batch_size"]
+    lam_g = rec["backward"]["G"] if rec else None
+    out: dict[str, Any] = {**s}
+    out["theory_method"] = rec.get("method") if rec else None
+    out["notes"] = (
+        "theory values are for N = infinity; finite width biases every measured figure by O(1/N) "
+        "(e.g. the fixed point's off-diagonal), so |z| grows like sqrt(networks)/N: compare the 1/N "
+        "extrapolation over several widths (validation/report.py) before reading a large |z| as a failure"
+    )
+    if rec is None:
+        out["theory_reason"] = reason
+    if res.grad_x is not None:
+        gx = res.grad_x.astype(np.float64)
+        fit = fit_rate(gx, lo, hi, direction=-1)
+        out["gradient_rate"] = _entry(fit.rate, fit.stderr, lam_g, reason)
+        out["gradient_rate"]["estimator"] = (
+            "exp(-slope) of log(mean over networks of |dloss/dx^l|^2) vs layer l, least squares on the fit "
+            "window; delete-one jackknife stderr over networks"
+        )
+        # Weight gradients: layer l's gradient sits at h^l = W^l x^{l-1}; index l-1 in grad_w.
+        wfit = fit_rate(res.grad_w, max(lo - 1, 0), min(hi - 1, s["depth"] - 1), direction=-1)
+        out["weight_gradient_rate"] = _entry(wfit.rate, wfit.stderr, lam_g, reason)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log10(gx)
+            out["layers"] = {
+                "grad_x_sq_mean": _list(gx.mean(0)),
+                "grad_x_sq_log10_mean_of_logs": _list(np.mean(logs, 0)),
+                "grad_x_sq_log10_sd_of_logs": _list(np.std(logs, 0)),
+                "grad_w_sq_mean": _list(res.grad_w.astype(np.float64).mean(0)),
+            }
+        if B <= 5:
+            out["gradient_rate"]["note"] = (
+                f"B={B} <= 5: the per-layer factor has infinite variance (1/chi^2 tails); the mean converges slowly "
+                "in the number of networks and in the width"
+            )
+        if not np.all(np.isfinite(gx)):
+            out["gradient_rate"]["note"] = "non-finite gradients (overflow): use --dtype float64 or fewer layers"
+    # Covariance: per-network averages over the measured layers after the first.
+    cov = res.cov
+    diag = np.einsum("klii->kl", cov) / B
+    off = (cov.sum(axis=(-2, -1)) - diag * B) / (B * (B - 1)) if B > 1 else diag * 0
+    fp = rec["fixed_point"] if rec else {}
+    out["fixed_point"] = {
+        "diag": _entry(*mean_se(diag[:, 1:].mean(1)), fp.get("diag"), reason),
+        "offdiag": _entry(*mean_se(off[:, 1:].mean(1)), fp.get("offdiag"), reason),
+    }
+    pieces = glm_pieces(cov)
+    mu_star = (_f(fp.get("diag")) - _f(fp.get("offdiag"))) if rec else None
+    dist: dict[str, Any] = {
+        "L": _list(pieces["L"].mean(0)),
+        "M": _list(pieces["M"].mean(0)),
+        "mu": _list(pieces["mu"].mean(0)),
+    }
+    if mu_star:
+        # Frobenius norm of (mu_l/mu* - 1) G.
+        dist["G"] = _list((np.abs(pieces["mu"] / mu_star - 1) * math.sqrt(B - 1)).mean(0))
+    else:
+        dist["G"] = None
+    fwd = rec["forward"] if rec else {}
+    out["forward"] = {
+        "distance": dist,
+        "distance_definition": "mean over networks of Frobenius norms of the G/L/M parts of GΣG/mu - G, "
+        "mu = tr(GΣG)/(B-1); G part = |mu/mu* - 1| * sqrt(B-1)",
+        "theory": {"L": _f(fwd.get("L")), "M": _f(fwd.get("M"))} if rec else None,
+    }
+    return out
