@@ -59,9 +59,9 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     # front door: one call, any method
     "evaluate": ("symbnmf._evaluate", "evaluate"),
     # 5. montecarlo: finite-width networks
-    "simulate": ("symbnmf.montecarlo.simulate", "simulate"),
-    "SimulationResult": ("symbnmf.montecarlo.simulate", "SimulationResult"),
-    "MonteCarloError": ("symbnmf.montecarlo.simulate", "MonteCarloError"),
+    "simulate": ("symbnmf.montecarlo.networks", "simulate"),
+    "SimulationResult": ("symbnmf.montecarlo.networks", "SimulationResult"),
+    "MonteCarloError": ("symbnmf.montecarlo.networks", "MonteCarloError"),
     # 6. experiments: training and trainability
     "TrainConfig": ("symbnmf.experiments.train", "TrainConfig"),
     "TrainResult": ("symbnmf.experiments.train", "TrainResult"),
@@ -107,7 +107,7 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.experiments.trainability import run_grid as trainability_grid
     from symbnmf.fast import codegen
     from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
-    from symbnmf.montecarlo.simulate import MonteCarloError, SimulationResult, simulate
+    from symbnmf.montecarlo.networks import MonteCarloError, SimulationResult, simulate
     from symbnmf.numeric._certify import certify
     from symbnmf.numeric._laplace import laplace_iterate, laplace_V
     from symbnmf.numeric._limits import gaussian_limits

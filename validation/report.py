@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import symbnmf
 from symbnmf._errors import OutputExistsError
-from symbnmf.montecarlo.simulate import simulate, theory_values
+from symbnmf.montecarlo.networks import simulate, theory_values
 from symbnmf.montecarlo.stats import extrapolate_width
 
 FULL = dict(

@@ -155,7 +155,7 @@ def _validation(out: Path, args: argparse.Namespace, bar) -> dict[str, Any]:
     import numpy as np
 
     from symbnmf._evaluate import evaluate
-    from symbnmf.montecarlo.simulate import simulate
+    from symbnmf.montecarlo.networks import simulate
     from symbnmf.montecarlo.stats import extrapolate_width
 
     widths = (args.width, 4 * args.width)

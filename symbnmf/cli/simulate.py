@@ -65,7 +65,7 @@ def _params(items: list[str]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     from symbnmf._activations import get_activation
-    from symbnmf.montecarlo.simulate import simulate
+    from symbnmf.montecarlo.networks import simulate
 
     if args.save and os.path.exists(args.save) and not args.force:
         raise OutputExistsError(f"{args.save} exists; pass --force to overwrite it or choose another --save path")

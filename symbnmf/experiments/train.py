@@ -398,7 +398,7 @@ def gradient_growth(
     heavy-tailed; the mean of logs is biased). Default fit window: layers
     [depth//4 + 1, depth - 4], away from the input (forward not yet at the BSB1 fixed point)
     and the output (non-G components not yet decayed). This is a minimal in-training
-    measurement, not a general simulator (see :mod:`symbnmf.montecarlo.simulate`).
+    measurement, not a general simulator (see :mod:`symbnmf.montecarlo.networks`).
     """
     import jax
     import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Monte Carlo networks (symbnmf.montecarlo.simulate) against independent numerics and published anchors.
+"""Monte Carlo networks (symbnmf.montecarlo.networks) against independent numerics and published anchors.
 
 Statistical tests are seeded (deterministic) and compare with |z| < 4, where the z-score uses
 the jackknife/sample standard error; finite-width biases (O(1/N)) are removed by fitting the
@@ -17,7 +17,7 @@ import pytest
 
 import symbnmf
 from symbnmf._errors import BatchSizeError, OutputExistsError, SymbnmfError
-from symbnmf.montecarlo.simulate import MonteCarloError, simulate
+from symbnmf.montecarlo.networks import MonteCarloError, simulate
 from symbnmf.montecarlo.stats import fit_rate, glm_pieces
 
 Z_MAX = 4.0
@@ -206,7 +206,7 @@ def test_relu_fixed_point_extrapolates_to_published_values():
 
 
 def _evaluate_or_skip(act, B):
-    rec, reason = symbnmf.montecarlo.simulate.theory_values(symbnmf.get_activation(act), B)
+    rec, reason = symbnmf.montecarlo.networks.theory_values(symbnmf.get_activation(act), B)
     if rec is None:
         pytest.skip(f"no theory value: {reason}")
     return rec

@@ -14,13 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from symbnmf.montecarlo.simulate import simulate
+from symbnmf.montecarlo.networks import simulate
 
 CONFIG = dict(activation="relu", batch_size=6, width=48, depth=8, networks=10, seed=3, theory=False)
 
 SCRIPT = """
 import json, sys, jax
-from symbnmf.montecarlo.simulate import simulate
+from symbnmf.montecarlo.networks import simulate
 cfg = json.loads(sys.argv[1])
 assert jax.device_count() == 4, jax.devices()
 out = {}
