@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -63,11 +62,10 @@ def _task(args: tuple[Any, int, int, dict]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from symbnmf._activations import get_activation
     from symbnmf._conventions import check_batch_size
     from symbnmf._errors import SymbnmfError
+    from symbnmf._progress import progress
     from symbnmf.numeric._certify import closed_forms
 
     t0 = time.perf_counter()
@@ -86,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs else (os.cpu_count() or 1)
     jobs = max(1, min(jobs, len(tasks)))
     results: list[dict[str, Any]] = []
-    with tqdm(total=len(tasks), desc="check", unit="case", file=sys.stderr, disable=args.json) as bar:
+    with progress(len(tasks), desc="check", unit="case", disable=args.json) as bar:
         if jobs == 1:
             for t in tasks:
                 bar.set_postfix_str(f"{t[0].label} B={t[1]}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from symbnmf.cli.util import (
     add_activation_arguments,
@@ -38,16 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from symbnmf._activations import get_activation
+    from symbnmf._progress import progress
     from symbnmf.fast import codegen
     from symbnmf.fast._codegen_module import function_name, ordered
 
     check_output(args.output, args.force)  # fail before the (slow) derivation
     act = get_activation(args.activation, **parse_params(args.param))
     quantities = ordered(args.quantities.split(",") if args.quantities else None)
-    with tqdm(total=2, desc="codegen", unit="step", file=sys.stderr, disable=args.json) as bar:
+    with progress(2, desc="codegen", unit="step", disable=args.json) as bar:
         bar.set_postfix_str("deriving closed forms")
         command = "symbnmf codegen " + " ".join(
             [repr(args.activation), f"--target {args.target}"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _progress(total: int, quiet: bool):
-    from tqdm import tqdm
+    from symbnmf._progress import progress
 
-    return tqdm(total=total, desc="symbnmf run", unit="step", disable=quiet, file=sys.stderr)
+    return progress(total, desc="symbnmf run", unit="step", disable=quiet)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -68,3 +68,59 @@ def write_text(path: str | Path, text: str, force: bool) -> Path:
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=1, allow_nan=True)
     sys.stdout.write("\n")
+
+
+#: Width of every line of the text (non ``--json``) output.
+COLUMNS = 100
+
+#: What the reported quantities mean (printed under ``eval`` and ``derive`` text output).
+LEGEND = (
+    "legend (definitions: docs/theory.md):",
+    "  fixed_point.diag, .offdiag  entries of the BSB1 fixed point Sigma*: E phi(y1)^2, E phi(y1)phi(y2)",
+    "                              with y uniform on the BN sphere (radius sqrt(B) in the plane sum y = 0)",
+    "  forward.X   eigenvalue of the layer-to-layer covariance map linearised at Sigma* (< 1: attracting)",
+    "  backward.X  eigenvalue of the gradient-covariance map; backward.G = growth factor per layer of",
+    "              the squared gradient norm",
+    "  X = G, L, M the three invariant pieces: G overall scale of the batch, L spread of the per-sample",
+    "              norms (diagonal), M correlations between samples (off-diagonal)",
+    "  depth_scale xi = 1/ln backward.G: the squared gradient grows like exp(depth/xi); networks",
+    "              deeper than about 16 xi do not train (Sec. 3.3)",
+)
+
+
+def wrap(text: str, *, indent: str = "", width: int = COLUMNS) -> list[str]:
+    """``text`` broken at spaces into lines of at most ``width`` columns, continuation lines
+    indented four spaces more than ``indent``; a word longer than a line is cut."""
+    import textwrap
+
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent + "    ",
+        break_long_words=True,
+        break_on_hyphens=False,
+    ) or [indent]
+
+
+def table(header: list[str], rows: list[list[str]], *, width: int = COLUMNS) -> list[str]:
+    """Right-aligned columns; when they do not fit in ``width``, the table is split into blocks
+    of columns, each repeating the first (key) column."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    blocks: list[list[int]] = []
+    cur: list[int] = []
+    used = widths[0]
+    for i in range(1, len(header)):
+        if cur and used + 2 + widths[i] > width:
+            blocks.append(cur)
+            cur, used = [], widths[0]
+        cur.append(i)
+        used += 2 + widths[i]
+    blocks.append(cur)
+    out: list[str] = []
+    for k, cols in enumerate(blocks):
+        if k:
+            out.append("")
+        for cells in [header, *rows]:
+            out.append("  ".join(cells[i].rjust(widths[i]) for i in [0, *cols]))
+    return out

@@ -262,6 +262,24 @@ def _batch_schedule(n: int, batch: int, steps: int, rng: np.random.Generator) ->
     return np.concatenate(rows)[:steps].astype(np.int32)
 
 
+def optimizer_update(optimizer: str, params: Any, state: Any, grads: Any, lr: Any) -> tuple[Any, Any]:
+    """One optimiser step on a parameter pytree: ``(new params, new state)``.
+
+    * ``"sgd"``: ``p <- p - lr * g`` (the state is passed through unchanged);
+    * ``"rmsprop"``: ``s <- 0.9 s + 0.1 g^2``, ``p <- p - lr * g / (sqrt(s) + 1e-8)`` (state starts at 0).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    tm = jax.tree_util.tree_map
+    if optimizer == "sgd":
+        return tm(lambda a, da: a - lr * da, params, grads), state
+    if optimizer == "rmsprop":
+        state = tm(lambda s, da: 0.9 * s + 0.1 * da * da, state, grads)
+        return tm(lambda a, da, s: a - lr * da / (jnp.sqrt(s) + 1e-8), params, grads, state), state
+    raise SymbnmfError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
 _COMPILED: dict[tuple, Callable] = {}
 
 
@@ -286,11 +304,7 @@ def _compiled_trainer(activation: str, eps: float, optimizer: str) -> Callable:
         def step(carry, ib):
             p, v = carry
             loss, g = grad_fn(p, x_train[ib], y_train[ib])
-            if optimizer == "sgd":
-                p = jax.tree_util.tree_map(lambda a, da: a - lr * da, p, g)
-            else:  # rmsprop
-                v = jax.tree_util.tree_map(lambda s, da: 0.9 * s + 0.1 * da * da, v, g)
-                p = jax.tree_util.tree_map(lambda a, da, s: a - lr * da / (jnp.sqrt(s) + 1e-8), p, g, v)
+            p, v = optimizer_update(optimizer, p, v, g, lr)
             return (p, v), loss
 
         (p, _), losses = jax.lax.scan(step, (params, opt0), idx)

@@ -15,7 +15,6 @@ comparison table); refuses to overwrite them without ``--force``.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -122,8 +121,7 @@ def run_grid(
     ``threshold`` (midpoint between chance and the grid's best accuracy), ``theory`` (16 xi per
     B and its source), ``comparison`` (per B: predicted vs measured bracket and their ratio).
     """
-    from tqdm import tqdm
-
+    from symbnmf._progress import progress as _progress
     from symbnmf.experiments.train import TrainConfig, load_digits, train_network
 
     depths = sorted({int(d) for d in depths})
@@ -154,7 +152,7 @@ def run_grid(
     acc = np.zeros((len(batch_sizes), len(depths)))
     runs = []
     cells = [(i, j) for i in range(len(batch_sizes)) for j in range(len(depths))]
-    for i, j in tqdm(cells, desc="trainability", disable=not progress, file=sys.stderr):
+    for i, j in _progress(iterable=cells, desc="trainability", unit="cell", disable=not progress):
         cfg = TrainConfig(
             depth=depths[j],
             batch_size=batch_sizes[i],

@@ -153,9 +153,9 @@ def run_networks(
     out: dict[str, list[np.ndarray]] = {}
     bar = None
     if progress:
-        from tqdm import tqdm
+        from symbnmf._progress import progress as _progress
 
-        bar = tqdm(total=networks, desc="networks", unit="net", leave=False)
+        bar = _progress(networks, desc="networks", unit="net", leave=False)
     try:
         for c in range(nchunks):
             idx = jax.device_put(np.arange(c * chunk, (c + 1) * chunk, dtype=np.int32), sharding)
