@@ -2,7 +2,7 @@
 
 For phi(x) = x^alpha 1[x > 0] computes, with symbnmf's certified sphere quadrature (no closed
 form exists for non-integer alpha), the BSB1 fixed point and the forward eigenvalues
-lambda_L, lambda_M (conventions of shared/theory.md) on a grid of alpha, and locates
+lambda_L, lambda_M (conventions of docs/theory.md) on a grid of alpha, and locates
 alpha_c(B) = the alpha where max(lambda_L, lambda_M) = 1 (the BSB1 point stops attracting) by
 root finding, for B = 4 ... 32. Writes (default into ``derivations/``):
 

@@ -50,6 +50,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "laplace_V": ("symbnmf.numeric._laplace", "laplace_V"),
     "laplace_iterate": ("symbnmf.numeric._laplace", "laplace_iterate"),
     "certify": ("symbnmf.numeric._certify", "certify"),
+    "Certificate": ("symbnmf.numeric._certify", "Certificate"),
     "gaussian_limits": ("symbnmf.numeric._limits", "gaussian_limits"),
     "critical_alpha": ("symbnmf.numeric._transition", "critical_alpha"),
     # 4. fast: JAX code generation and jit quadrature
@@ -108,7 +109,7 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.fast import codegen
     from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
     from symbnmf.montecarlo.networks import MonteCarloError, SimulationResult, simulate
-    from symbnmf.numeric._certify import certify
+    from symbnmf.numeric._certify import Certificate, certify
     from symbnmf.numeric._laplace import laplace_iterate, laplace_V
     from symbnmf.numeric._limits import gaussian_limits
     from symbnmf.numeric._quadrature import evaluate_quadrature, sphere_expectations, sphere_quadrature

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,9 +106,29 @@ _BINOPS = {
 }
 
 
+#: Bounds on what an activation expression may ask for (each refused with a one-line error):
+#: characters, AST nodes and nesting depth of the text, size of its numbers, and exponents.
+MAX_TEXT = 2000
+MAX_NODES = 400
+MAX_DEPTH = 60
+MAX_EXPONENT = 32
+MAX_MAGNITUDE = 10**12
+MAX_CONSTANT_BITS = 256
+#: Names that look like numbers but are not finite ones: never read as parameter names.
+_RESERVED = {"inf", "infinity", "Infinity", "nan", "NaN", "oo", "zoo", "I", "j", "None", "True", "False"}
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
 def _number(value: Any) -> sp.Expr:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ActivationError(f"unsupported constant {value!r} in activation expression")
+        raise ActivationError(f"unsupported constant {_shorten(repr(value))} in activation expression")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ActivationError("a number in the activation is not finite (e.g. 1e400 overflows); use finite numbers")
+    if abs(value) > MAX_MAGNITUDE:
+        raise ActivationError(f"number {_shorten(repr(value))} too large in activation (limit {MAX_MAGNITUDE:.0e})")
     if isinstance(value, int):
         return sp.Integer(value)
     # Decimal literals are read exactly ("0.1" -> 1/10) so that closed forms stay exact.
@@ -124,15 +145,33 @@ def parse_expression(text: str) -> sp.Expr:
     """
     if not isinstance(text, str) or not text.strip():
         raise ActivationError("activation expression is empty; give e.g. 'tanh(x)'")
+    if len(text) > MAX_TEXT:
+        raise ActivationError(f"activation expression too long ({len(text)} characters, limit {MAX_TEXT})")
+    shown = _shorten(text.strip())
     src = text.strip().replace("^", "**")
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError as exc:
-        raise ActivationError(f"cannot parse activation {text!r}: {exc.msg}; write e.g. 'tanh(0.5*x + 0.2)'") from None
+        raise ActivationError(f"cannot parse activation {shown!r}: {exc.msg}; write e.g. 'tanh(0.5*x + 0.2)'") from None
+    except (ValueError, RecursionError, MemoryError):
+        raise ActivationError(f"cannot parse activation {shown!r}: too large or too deeply nested") from None
+    nodes = sum(1 for _ in ast.walk(tree))
+    if nodes > MAX_NODES:
+        raise ActivationError(
+            f"activation expression too large ({nodes} syntax nodes, limit {MAX_NODES}); simplify it, "
+            "e.g. write 1200*x rather than x + x + ... + x"
+        )
 
-    def build(node: ast.AST) -> sp.Expr:
+    def build(node: ast.AST, depth: int = 0) -> sp.Expr:
+        if depth > MAX_DEPTH:
+            raise ActivationError(f"activation expression nested too deeply (limit {MAX_DEPTH} levels)")
+        out = _build(node, depth)
+        _check_value(out, shown)
+        return out
+
+    def _build(node: ast.AST, depth: int) -> sp.Expr:
         if isinstance(node, ast.Expression):
-            return build(node.body)
+            return build(node.body, depth + 1)
         if isinstance(node, ast.Constant):
             return _number(node.value)
         if isinstance(node, ast.Name):
@@ -143,33 +182,75 @@ def parse_expression(text: str) -> sp.Expr:
                 return _CONSTANTS[name]
             if name in _FUNCTIONS:
                 raise ActivationError(f"{name!r} is a function; call it, e.g. {name}(x)")
-            if not name.isidentifier() or name.startswith("_"):
-                raise ActivationError(f"bad parameter name {name!r}")
+            if name in _RESERVED:
+                raise ActivationError(
+                    f"{name!r} is not allowed in an activation: use finite numbers and names like g, b"
+                )
+            if not name.isidentifier() or name.startswith("_") or len(name) > 30:
+                raise ActivationError(f"bad parameter name {_shorten(name)!r}")
             return sp.Symbol(name, real=True)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            base, exponent = build(node.left, depth + 1), build(node.right, depth + 1)
+            _check_power(base, exponent)
+            return base**exponent
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](build(node.left), build(node.right))
+            return _BINOPS[type(node.op)](build(node.left, depth + 1), build(node.right, depth + 1))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            v = build(node.operand)
+            v = build(node.operand, depth + 1)
             return -v if isinstance(node.op, ast.USub) else v
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
             name = node.func.id
             if name not in _FUNCTIONS:
                 raise ActivationError(
-                    f"unknown function {name!r} in {text!r}; allowed: {', '.join(sorted(_FUNCTIONS))}"
+                    f"unknown function {_shorten(name)!r} in {shown!r}; allowed: {', '.join(sorted(_FUNCTIONS))}"
                 )
             arities, fn = _FUNCTIONS[name]
             if len(node.args) not in arities:
                 raise ActivationError(f"{name} takes {' or '.join(map(str, arities))} argument(s)")
-            return fn(*[build(a) for a in node.args])
+            return fn(*[build(a, depth + 1) for a in node.args])
         raise ActivationError(
-            f"unsupported syntax in activation {text!r}: only numbers, x, parameters, + - * / ** "
+            f"unsupported syntax in activation {shown!r}: only numbers, x, parameters, + - * / ** "
             "and whitelisted functions are allowed"
         )
 
-    expr = build(tree)
+    try:
+        expr = build(tree)
+    except RecursionError:
+        raise ActivationError(f"activation {shown!r} is too deeply nested to process") from None
     if not isinstance(expr, sp.Expr):
-        raise ActivationError(f"{text!r} is not an expression")
+        raise ActivationError(f"{shown!r} is not an expression")
     return expr
+
+
+def _check_power(base: sp.Expr, exponent: sp.Expr) -> None:
+    """Refuse powers whose size would explode: x**(10**100), 10**4000, x**a with a unbound is fine."""
+    if not exponent.is_Number:
+        return
+    if base.is_Number:
+        if base == 0 or abs(base) == 1:
+            return
+        bits = abs(float(exponent)) * abs(math.log2(abs(float(base)))) if base.is_finite else math.inf
+        if bits > MAX_CONSTANT_BITS:
+            raise ActivationError(
+                f"constant {_shorten(str(base))}**{_shorten(str(exponent))} too large for an activation; "
+                "use numbers below 1e12"
+            )
+        return
+    if abs(exponent) > MAX_EXPONENT:
+        raise ActivationError(f"exponent {_shorten(str(exponent))} too large in activation (limit {MAX_EXPONENT})")
+
+
+def _check_value(expr: sp.Expr, shown: str = "") -> None:
+    """Refuse infinite or undefined values (``sin(x)/0``) and numbers too large to use."""
+    if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+        raise ActivationError(
+            f"activation {shown!r} is undefined or infinite (division by zero?); write a finite expression"
+        )
+    for a in sp.preorder_traversal(expr):
+        if isinstance(a, sp.Rational) and max(abs(a.p).bit_length(), a.q.bit_length()) > MAX_CONSTANT_BITS:
+            raise ActivationError(f"a constant in activation {shown!r} is too large; use numbers below 1e12")
+        if isinstance(a, sp.Pow) and a.exp.is_Number and not a.base.is_Number and abs(a.exp) > MAX_EXPONENT:
+            raise ActivationError(f"exponent {_shorten(str(a.exp))} too large in activation (limit {MAX_EXPONENT})")
 
 
 @dataclass(frozen=True)
@@ -247,6 +328,34 @@ def _homogeneity(expr: sp.Expr) -> sp.Expr | None:
     return deg
 
 
+def _parameter_value(name: str, v: Any) -> sp.Expr:
+    """A bound parameter value: a finite real number of magnitude at most :data:`MAX_MAGNITUDE`."""
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            raise ActivationError(f"parameter {name}: {_shorten(v)!r} is not a number") from None
+        if not math.isfinite(f):
+            raise ActivationError(f"parameter {name} must be a finite number, got {_shorten(v)!r}")
+        try:
+            val = sp.Rational(v.strip())  # exact decimal ("0.1" -> 1/10)
+        except (TypeError, ValueError):
+            val = sp.nsimplify(f, rational=True)
+    elif isinstance(v, bool):
+        raise ActivationError(f"parameter {name} must be a number, got {v!r}")
+    elif isinstance(v, (int, float)):
+        if not math.isfinite(v):
+            raise ActivationError(f"parameter {name} must be a finite number, got {v!r}")
+        val = sp.nsimplify(v, rational=True)
+    else:
+        val = sp.sympify(v)
+    if val.free_symbols or not val.is_real or not val.is_finite:
+        raise ActivationError(f"parameter {name} must be a finite real number, got {_shorten(str(val))}")
+    if abs(val) > MAX_MAGNITUDE:
+        raise ActivationError(f"parameter {name} = {_shorten(str(val))} too large (limit {MAX_MAGNITUDE:.0e})")
+    return val
+
+
 @dataclass(frozen=True)
 class Activation:
     """An activation function phi, symbolic in ``x`` (:data:`symbnmf.x`).
@@ -256,7 +365,7 @@ class Activation:
     * ``values``: numbers bound to (some of) the parameters; unbound parameters stay symbolic in
       derivations and must be bound (:meth:`bind`) before numeric evaluation.
 
-    BN's gamma and beta enter as ``phi(gamma x + beta)`` (theory.md conventions).
+    BN's gamma and beta enter as ``phi(gamma x + beta)`` (docs/theory.md conventions).
     """
 
     name: str
@@ -336,8 +445,10 @@ class Activation:
             )
         merged = dict(self.values)
         for k, v in values.items():
-            merged[k] = sp.nsimplify(v, rational=True) if isinstance(v, (int, float, str)) else sp.sympify(v)
-        return Activation(self.name, self.expr, self.parameters, merged)
+            merged[k] = _parameter_value(k, v)
+        act = Activation(self.name, self.expr, self.parameters, merged)
+        _check_value(act.bound_expr, act.label)
+        return act
 
     @property
     def bindings(self) -> dict:
@@ -371,6 +482,28 @@ class Activation:
                 f"activation {self.name!r} has unbound parameter(s) {names}; bind them, e.g. "
                 f"--param {self.free_parameters[0].name}=0.1 (or Activation.bind)"
             )
+
+    @property
+    def degeneracy(self) -> str | None:
+        """Why the mean field theory is degenerate for this (bound) phi, or None.
+
+        A phi that is constant (e.g. ``tanh(g*x)`` at g = 0) has mu* = Sigma*_ii - Sigma*_ij = 0:
+        every normalised quantity is 0/0. A phi with phi' = 0 almost everywhere (``step(x)``)
+        passes no gradient: the backward map is 0 and the depth scale 1/ln 0 is undefined.
+        """
+        e = self.bound_expr
+        if x not in e.free_symbols:
+            return f"phi(x) = {_shorten(str(e))} is constant: the BSB1 fixed point is degenerate (mu* = 0)"
+        d = self.bound_derivative
+        if d == 0 or (isinstance(d, sp.Piecewise) and all(piece == 0 for piece, _ in d.args)):
+            return "phi' = 0 almost everywhere (a step function): no gradient passes, the depth scale is undefined"
+        return None
+
+    def require_nondegenerate(self) -> None:
+        """Raise :class:`ActivationError` naming the degeneracy (see :attr:`degeneracy`)."""
+        why = self.degeneracy
+        if why is not None:
+            raise ActivationError(f"activation {_shorten(self.label)!r} is degenerate: {why}; choose another phi")
 
     # ---- numeric callables -------------------------------------------------------
     def numeric(self, module: str = "mpmath", *, derivative: bool = False) -> Callable[..., Any]:
@@ -454,9 +587,11 @@ def get_activation(spec: str | Activation | sp.Expr, **params: Any) -> Activatio
             f"activation must be a name, an expression string or a SymPy expression, got {type(spec).__name__}"
         )
     text = spec.strip()
+    if len(text) > MAX_TEXT:
+        raise ActivationError(f"activation expression too long ({len(text)} characters, limit {MAX_TEXT})")
     try:
         tree = ast.parse(text, mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         tree = None
     # catalog name, possibly called with parameter values
     if isinstance(tree, ast.Name) and tree.id in CATALOG:
@@ -470,6 +605,14 @@ def get_activation(spec: str | Activation | sp.Expr, **params: Any) -> Activatio
     ):
         act = _catalog_entry(tree.func.id)
         pname = act.parameters[0].name
+        if (
+            len(tree.args) == 1
+            and not tree.keywords
+            and isinstance(tree.args[0], ast.Name)
+            and tree.args[0].id == pname
+        ):
+            # the family written with its own parameter name, e.g. "leaky_relu(a)": parameter unbound
+            return act.bind(**params) if params else act
         vals: dict[str, Any] = {}
         if len(tree.args) > 1 or len(tree.keywords) > 1 or (tree.args and tree.keywords):
             raise ActivationError(f"{tree.func.id} takes one parameter: {tree.func.id}({pname}=...)")
@@ -479,18 +622,21 @@ def get_activation(spec: str | Activation | sp.Expr, **params: Any) -> Activatio
             if k.arg != pname:
                 raise ActivationError(f"{tree.func.id} has parameter {pname!r}, not {k.arg!r}")
             vals[pname] = parse_expression(ast.unparse(k.value))
-        for k, v in vals.items():
+        for pn, v in vals.items():
             if v.free_symbols:
-                raise ActivationError(f"parameter {k} of {tree.func.id} must be a number, got {v}")
+                raise ActivationError(f"parameter {pn} of {tree.func.id} must be a number, got {v}")
         act = act.bind(**vals)
         return act.bind(**params) if params else act
     if isinstance(tree, ast.Name) and tree.id != "x":
         raise ActivationError(
-            f"unknown activation {text!r}; known: {', '.join(CATALOG)}, or an expression in x such as 'tanh(0.5*x + 0.2)'"
+            f"unknown activation {_shorten(text)!r}; known: {', '.join(CATALOG)}, or an expression in x such as "
+            "'tanh(0.5*x + 0.2)'"
         )
     expr = parse_expression(text)
     if x not in expr.free_symbols:
-        raise ActivationError(f"activation {text!r} does not depend on x; write a function of x, e.g. 'tanh(x)'")
+        raise ActivationError(
+            f"activation {_shorten(text)!r} does not depend on x; write a function of x, e.g. 'tanh(x)'"
+        )
     free = tuple(sorted((s for s in expr.free_symbols if s != x), key=lambda s: s.name))
     act = Activation(text, expr, free)
     return act.bind(**params) if params else act

@@ -1,4 +1,4 @@
-"""Conventions shared by every number symbnmf prints (see ``shared/theory.md``).
+"""Conventions shared by every number symbnmf prints (see ``docs/theory.md``).
 
 * BN(h) = n(G h), G = I - 11^T/B, n(y) = sqrt(B) y/|y|; gamma = 1, beta = 0, eps = 0
   (BN's gamma and beta are absorbed into the activation: phi(gamma x + beta)).

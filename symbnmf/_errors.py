@@ -29,3 +29,7 @@ class ConvergenceError(SymbnmfError):
 
 class OutputExistsError(SymbnmfError):
     """An output file exists and ``--force`` was not given."""
+
+
+class OutputPathError(SymbnmfError):
+    """An output path that cannot be written: missing directory, not a regular file, no permission."""

@@ -126,7 +126,7 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Every mean-field quantity of ``activation`` at each batch size in ``Bs``.
 
-    Conventions of ``shared/theory.md``; see the module docstring for the record schema.
+    Conventions of ``docs/theory.md``; see the module docstring for the record schema.
     ``method``: ``auto`` (closed form when one exists, else quadrature), ``closed-form``,
     ``quadrature`` (mpmath, certified), ``fast`` (JAX fixed Gauss quadrature). ``dps`` adds an
     ``"mp"`` block with ``dps``-digit strings. ``params`` bind activation parameters.

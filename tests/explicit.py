@@ -197,3 +197,87 @@ def forward_operator_spectrum(phi, B: int, n: int = 100_000, seed: int = 0, t: f
         for m, F in enumerate(basis):
             A[m, k] = (F * (G @ dV @ G)).sum() / mu
     return np.sort(np.linalg.eigvals(A).real)
+
+
+# ---------------------------------------------------------------------------------------------
+# BN with eps > 0 (issue 12): explicit maps, sigma_w^2, gamma, beta
+# ---------------------------------------------------------------------------------------------
+def bn_eps(h: Array, eps: float) -> Array:
+    """(h - mean)/sqrt(biased var + eps) per row (the BN layer as written, no reduction)."""
+    g = h - h.mean(axis=1, keepdims=True)
+    return g / np.sqrt((g**2).mean(axis=1, keepdims=True) + eps)
+
+
+def bn_eps_jacobian(h: Array, eps: float) -> Array:
+    """d bn_eps(h)/dh per row (n x B x B), by plain calculus of g/s with g = G h,
+    s = sqrt(|g|^2/B + eps): dg/dh = G, ds/dh = g^T G/(B s)."""
+    n, B = h.shape
+    G = centering(B)
+    g = h @ G
+    s = np.sqrt((g**2).sum(axis=1) / B + eps)
+    return G[None] / s[:, None, None] - g[:, :, None] * (g @ G)[:, None, :] / (B * s[:, None, None] ** 3)
+
+
+def eps_fixed_point(
+    phi: Callable[[Array], Array],
+    B: int,
+    eps: float,
+    weight_var: float,
+    gamma: float = 1.0,
+    beta: float = 0.0,
+    n: int = 200_000,
+    seed: int = 0,
+    iterations: int = 200,
+    mu0: float = 1.0,
+) -> float:
+    """mu* by iterating mu -> sigma_w^2 (E x1^2 - E x1 x2), x = phi(gamma bn_eps(h) + beta),
+    h ~ N(0, mu G) (common random numbers: the sampled map is iterated to its fixed point)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, B)) @ centering(B)
+    mu = mu0
+    for _ in range(iterations):
+        mu = weight_var * _mu_per_sample(phi(gamma * bn_eps(np.sqrt(mu) * w, eps) + beta)).mean()
+    return float(mu)
+
+
+def eps_fixed_point_entries(phi, B, eps, weight_var, mu, gamma=1.0, beta=0.0, n=200_000, seed=1, n_batches=40):
+    """Sigma*_ii, Sigma*_ij (sigma_b^2 = 0) at the BSB1 point mu G, with standard errors."""
+    rng = np.random.default_rng(seed)
+    h = np.sqrt(mu) * rng.standard_normal((n, B)) @ centering(B)
+    F = phi(gamma * bn_eps(h, eps) + beta)
+    sq = weight_var * (F**2).sum(axis=1) / B
+    off = weight_var * ((F.sum(axis=1)) ** 2 - (F**2).sum(axis=1)) / (B * (B - 1))
+    return {
+        "diag": _est(sq.reshape(n_batches, -1).mean(axis=1)),
+        "offdiag": _est(off.reshape(n_batches, -1).mean(axis=1)),
+    }
+
+
+def eps_forward_rayleigh(
+    phi, B, Delta, eps, weight_var, mu, gamma=1.0, beta=0.0, n=200_000, seed=2, t=1e-3, n_batches=40
+):
+    """<Delta, dM[Delta]>/|Delta|^2 for M(S) = sigma_w^2 G E[x x^T] G, h ~ N(0, S), at S = mu G
+    (central differences with common random numbers)."""
+    rng = np.random.default_rng(seed)
+    G = centering(B)
+    w = rng.standard_normal((n, B))
+    Fp = phi(gamma * bn_eps(w @ _psd_sqrt(mu * G + t * Delta), eps) + beta)
+    Fm = phi(gamma * bn_eps(w @ _psd_sqrt(mu * G - t * Delta), eps) + beta)
+    GDG = G @ Delta @ G
+    num = weight_var * (np.einsum("ni,ij,nj->n", Fp, GDG, Fp) - np.einsum("ni,ij,nj->n", Fm, GDG, Fm)) / (2 * t)
+    return _est(num.reshape(n_batches, -1).mean(axis=1) / (Delta * Delta).sum())
+
+
+def eps_backward_rayleigh(
+    phi, dphi, B, Delta, eps, weight_var, mu, gamma=1.0, beta=0.0, n=100_000, seed=3, n_batches=40
+):
+    """<Delta, sigma_w^2 E[J^T Delta J]>/|Delta|^2 with J = gamma diag(phi'(gamma bn + beta)) d bn/dh,
+    h ~ N(0, mu G) sampled directly (finite variance for eps > 0: |d bn/dh| <= 1/sqrt(eps))."""
+    del phi
+    rng = np.random.default_rng(seed)
+    h = np.sqrt(mu) * rng.standard_normal((n, B)) @ centering(B)
+    Jbn = bn_eps_jacobian(h, eps)
+    d = gamma * dphi(gamma * bn_eps(h, eps) + beta)
+    J = d[:, :, None] * Jbn
+    val = weight_var * np.einsum("nki,kl,nlj,ij->n", J, Delta, J, Delta)
+    return _est(val.reshape(n_batches, -1).mean(axis=1) / (Delta * Delta).sum())

@@ -104,6 +104,7 @@ def panel_c(cfg: dict, seed: int, bar) -> dict:
         init="structured",
         backward=False,
         theory=False,
+        keep_cov=True,
     )
     bar.update(1)
     d = res.summary["forward"]["distance"]

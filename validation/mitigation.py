@@ -9,7 +9,7 @@ Three sweeps at a fixed batch size B (default 32):
 For each sweep:
 
 1. theory curves lambda_down_G and xi = 1/ln lambda_down_G versus the parameter for the
-   activation phi(gamma x + beta) (theory.md: BN's gamma, beta absorbed into phi), from the fast
+   activation phi(gamma x + beta) (docs/theory.md: BN's gamma, beta absorbed into phi), from the fast
    JAX quadrature :class:`symbnmf.FastEvaluator` (vectorised over the parameter). eps > 0 has
    no theory in symbnmf (BN is then not scale invariant; not derived): simulation only.
 2. simulated points: per-layer growth of the mean squared gradient in random networks,

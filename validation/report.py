@@ -210,7 +210,7 @@ def render(data: dict, elapsed: float, quick: bool) -> str:
         f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), JAX "
         f"{__import__('jax').__version__}, float32 unless noted. Every number below was measured in that run.",
         "",
-        "Conventions: `shared/theory.md` (σ_w² = 1, BN with γ = 1, β = 0, ε = 0). Networks start at the BSB1 "
+        "Conventions: `docs/theory.md` (σ_w² = 1, BN with γ = 1, β = 0, ε = 0). Networks start at the BSB1 "
         "fixed point (input with xᵀx/N = G, then 5 burn-in layers). Theory: `symbnmf.evaluate` "
         "(closed form for identity and ReLU, JAX quadrature for tanh). The measured rate is the per-layer factor "
         "of the *mean over networks* of ‖∂loss/∂x^l‖² for a random linear readout (true backpropagation with "

@@ -7,8 +7,17 @@ import argparse
 import sympy as sp
 
 from symbnmf._activations import get_activation
-from symbnmf.cli.util import add_activation_arguments, add_json_argument, parse_params, print_json, write_text
-from symbnmf.symbolic._derivation import QUANTITY_SYMBOLS
+from symbnmf.cli.util import (
+    LEGEND,
+    add_activation_arguments,
+    add_json_argument,
+    parse_params,
+    print_json,
+    wrap,
+    wrap_formula,
+    write_text,
+)
+from symbnmf.symbolic._derivation import QUANTITY_SYMBOLS, abbreviate, compact_latex
 from symbnmf.symbolic._derive import derive
 
 NAME = "derive"
@@ -35,16 +44,18 @@ def run(args: argparse.Namespace) -> int:
             doc["latex_file"] = written
         print_json(doc)
         return 0
-    print(f"# {d.activation}: phi(x) = {d.phi}")
-    print(f"# theta_B = acos(1/(B-1)); conventions: {d.conventions}")
+    lines = wrap(f"# {d.activation}: phi(x) = {d.phi}")
+    lines += wrap(f"# conventions: {d.conventions}")
+    lines.append("# closed forms with theta_B = acos(1/(B - 1)) and S_B = sqrt(B)*sqrt(B - 2)")
     for name, expr in d.quantities.items():
-        print(f"{name} = {sp.sstr(expr)}")
-        print(f"    LaTeX: {QUANTITY_SYMBOLS[name]} = {sp.latex(expr)}")
+        lines += wrap_formula(f"{name} = {sp.sstr(abbreviate(expr))}")
+        lines += wrap_formula(f"LaTeX: {QUANTITY_SYMBOLS[name]} = {compact_latex(expr)}", indent="    ")
         if name in d.limits:
             q0, c1 = d.limits[name]
-            print(f"    B -> oo: {sp.sstr(q0)} + ({sp.sstr(c1)})/B + O(1/B^2)")
+            lines += wrap_formula(f"B -> oo: {sp.sstr(q0)} + ({sp.sstr(c1)})/B + O(1/B^2)", indent="    ")
     if written:
-        print(
-            f"# standalone LaTeX document with {sum(len(s) for s in d.steps.values())} derivation steps written to {written}"
-        )
+        n_steps = sum(len(s) for s in d.steps.values())
+        lines += wrap(f"# standalone LaTeX document with {n_steps} derivation steps written to {written}")
+    lines += ["", *LEGEND]
+    print("\n".join(lines))
     return 0

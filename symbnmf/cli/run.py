@@ -16,11 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from symbnmf._errors import OutputExistsError, SymbnmfError
+from symbnmf._errors import OutputExistsError, OutputPathError, SymbnmfError
+from symbnmf._output import shorten, track_temporary, untrack_temporary
 from symbnmf.cli.util import add_json_argument, print_json
 
 NAME = "run"
@@ -51,14 +55,66 @@ def _progress(total: int, quiet: bool):
     return progress(total, desc="symbnmf run", unit="step", disable=quiet)
 
 
+def _check_out_dir(out: Path, force: bool) -> None:
+    """--out must be a new directory (or, with --force, an existing one) inside an existing directory."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputPathError(f"--out {shorten(str(out))} exists and is not a directory; choose another --out")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{shorten(str(out))} exists; pass --force to write into it, or choose another --out")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise OutputPathError(
+            f"directory {shorten(str(parent))} does not exist; create it first or choose another --out"
+        )
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished outputs from ``staging`` to ``out`` (a rename when ``out`` is new)."""
+    if not out.exists():
+        os.chmod(staging, 0o777 & ~_umask())
+        os.rename(staging, out)
+        return
+    for src in sorted(staging.rglob("*")):
+        dst = out / src.relative_to(staging)
+        if src.is_dir():
+            if dst.exists() and not dst.is_dir():
+                raise OutputPathError(f"{shorten(str(dst))} is not a directory; remove it or choose another --out")
+            dst.mkdir(exist_ok=True)
+        else:
+            if dst.is_symlink() or (dst.exists() and not dst.is_file()):
+                raise OutputPathError(f"{shorten(str(dst))} is not a regular file; remove it or choose another --out")
+            os.replace(src, dst)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise OutputExistsError(f"{out} exists; pass --force to write into it, or choose another --out")
+    final = Path(args.out)
     if args.dps < 15:
         raise SymbnmfError("--dps must be at least 15 for the certification")
-    out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"out": str(out), "steps": {}}
+    _check_out_dir(final, args.force)
+    # Everything is written into a private staging directory next to --out and moved into place
+    # only when complete: an error or Ctrl-C leaves no partial output that would block a rerun.
+    try:
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{final.name[:50]}.", suffix=".tmp-symbnmf", dir=final.absolute().parent)
+        )
+    except OSError as exc:
+        raise OutputPathError(f"cannot write next to --out {shorten(str(final))}: {exc.strerror}") from None
+    track_temporary(staging)
+    try:
+        return _run(args, staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        untrack_temporary(staging)
+
+
+def _run(args: argparse.Namespace, out: Path, final: Path) -> int:
+    summary: dict[str, Any] = {"out": str(final), "steps": {}}
     steps = len(DERIVE) + len(CERTIFY) * len(CERT_B) + 1 + 2 * 2 * len(MC_B)
     bar = _progress(steps, args.json)
     t_all = time.perf_counter()
@@ -112,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     summary["seconds"] = round(time.perf_counter() - t_all, 2)
     summary["ok"] = ok and summary["steps"]["codegen"]["ok"] and summary["steps"]["validation"]["ok"]
+    # the paths recorded while staging name their final place
+    summary = json.loads(json.dumps(summary).replace(json.dumps(str(out))[1:-1], json.dumps(str(final))[1:-1]))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _publish(out, final)
     if args.json:
         print_json(summary)
     else:
@@ -143,7 +202,7 @@ def _codegen(out: Path) -> dict[str, Any]:
 def _validation(out: Path, args: argparse.Namespace, bar) -> dict[str, Any]:
     """Fig. 1a: per-layer growth of the squared gradient norm vs lambda_G(B).
 
-    Finite width biases the measured rate by O(1/N) (theory.md), so each point is simulated at
+    Finite width biases the measured rate by O(1/N) (docs/theory.md), so each point is simulated at
     widths N and 4N and extrapolated linearly in 1/N; the z-score of the extrapolation against
     the closed form is the test of the theory (|z| < 4 passes).
     """

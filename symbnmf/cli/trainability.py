@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from symbnmf.cli.util import write_text
 from symbnmf.experiments.trainability import DEFAULT_BATCHES, DEFAULT_DEPTHS, check_outputs, run_grid, write_figure
 
 NAME = "trainability"
@@ -69,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     write_figure(report, png)
-    with open(js, "w") as fh:
-        json.dump(report, fh, indent=1)
+    write_text(js, json.dumps(report, indent=1), args.force)
     summary = {k: v for k, v in report.items() if k != "runs"}
     summary["outputs"] = {"png": png, "json": js}
     if args.json:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from symbnmf._errors import OutputExistsError, SymbnmfError
+from symbnmf._errors import SymbnmfError
+from symbnmf._output import atomic_output as atomic_output
+from symbnmf._output import check_output as check_output
+from symbnmf._output import shorten as shorten
+from symbnmf._output import write_text as write_text
 
 
 def add_activation_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,25 +49,6 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_output(path: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing file unless ``force`` (nothing the user had is lost)."""
-    p = Path(path)
-    if p.exists() and not force:
-        raise OutputExistsError(f"{p} exists; pass --force to overwrite it or choose another file name")
-    if p.exists() and p.is_dir():
-        raise OutputExistsError(f"{p} is a directory; give a file name")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def write_text(path: str | Path, text: str, force: bool) -> Path:
-    p = check_output(path, force)
-    tmp = p.with_name(p.name + ".tmp-symbnmf")
-    tmp.write_text(text)
-    tmp.replace(p)
-    return p
-
-
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=1, allow_nan=True)
     sys.stdout.write("\n")
@@ -76,15 +60,15 @@ COLUMNS = 100
 #: What the reported quantities mean (printed under ``eval`` and ``derive`` text output).
 LEGEND = (
     "legend (definitions: docs/theory.md):",
-    "  fixed_point.diag, .offdiag  entries of the BSB1 fixed point Sigma*: E phi(y1)^2, E phi(y1)phi(y2)",
-    "                              with y uniform on the BN sphere (radius sqrt(B) in the plane sum y = 0)",
-    "  forward.X   eigenvalue of the layer-to-layer covariance map linearised at Sigma* (< 1: attracting)",
-    "  backward.X  eigenvalue of the gradient-covariance map; backward.G = growth factor per layer of",
-    "              the squared gradient norm",
-    "  X = G, L, M the three invariant pieces: G overall scale of the batch, L spread of the per-sample",
-    "              norms (diagonal), M correlations between samples (off-diagonal)",
-    "  depth_scale xi = 1/ln backward.G: the squared gradient grows like exp(depth/xi); networks",
-    "              deeper than about 16 xi do not train (Sec. 3.3)",
+    "  fixed_point  the BSB1 fixed point Sigma*: diag = E phi(y1)^2, offdiag = E phi(y1)phi(y2), with",
+    "               y uniform on the BN sphere (radius sqrt(B) in the hyperplane sum y = 0)",
+    "  forward.X    eigenvalue of the layer-to-layer covariance map linearised at Sigma* (<1: attracting)",
+    "  backward.X   eigenvalue of the gradient-covariance map; backward.G = per-layer growth factor of",
+    "               the squared gradient norm",
+    "  X = G, L, M  the invariant pieces: G overall scale of the batch, L spread of the per-sample norms",
+    "               (diagonal), M correlations between samples (off-diagonal)",
+    "  depth_scale  xi = 1/ln backward.G: the squared gradient grows like exp(depth/xi); networks deeper",
+    "               than about 16 xi do not train (Sec. 3.3)",
 )
 
 
@@ -124,3 +108,27 @@ def table(header: list[str], rows: list[list[str]], *, width: int = COLUMNS) -> 
         for cells in [header, *rows]:
             out.append("  ".join(cells[i].rjust(widths[i]) for i in [0, *cols]))
     return out
+
+
+def wrap_formula(text: str, *, indent: str = "", width: int = COLUMNS) -> list[str]:
+    """A formula broken into lines of at most ``width`` columns at spaces, choosing on each line
+    the break point least deep inside brackets (the rightmost among those), so that lines end at
+    top-level ``+``/``-`` where possible; continuation lines are indented four more spaces."""
+    lines: list[str] = []
+    prefix, rest, depth0 = indent, text, 0
+    while len(prefix) + len(rest) > width:
+        room = width - len(prefix)
+        best, best_depth, depth = -1, None, depth0
+        for i, ch in enumerate(rest[: room + 1]):
+            if ch == " " and i > 0 and (best_depth is None or depth <= best_depth):
+                best, best_depth = i, depth
+            depth += ch in "([{"
+            depth -= ch in ")]}"
+        if best <= 0:  # no space to break at: cut
+            best = room
+        head, rest = rest[:best].rstrip(), rest[best:].lstrip()
+        depth0 += sum(ch in "([{" for ch in head) - sum(ch in ")]}" for ch in head)
+        lines.append(prefix + head)
+        prefix = indent + "    "
+    lines.append(prefix + rest)
+    return lines

@@ -1,6 +1,6 @@
 """Training real batch-normalized networks (paper Fig 2 and Fig 4) and measuring gradient growth.
 
-The network is the one of ``shared/theory.md``, fully connected, width ``N``, ``depth`` BN layers:
+The network is the one of ``docs/theory.md``, fully connected, width ``N``, ``depth`` BN layers:
 
     x^0 = input (64 pixels),   h^l = W^l x^{l-1},   x^l = phi(gamma * BN(h^l) + beta),
     logits = W^out x^depth + b^out,   loss = softmax cross-entropy,
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "load_digits",
     "max_trainable_depth",
     "train_network",
+    "train_networks",
 ]
 
 
@@ -354,6 +355,69 @@ def train_network(dataset: Dataset, config: TrainConfig) -> TrainResult:
     return TrainResult(cfg, float(test_acc), float(train_acc), float(np.mean(tail)), diverged, time.perf_counter() - t0)
 
 
+def _batched_trainer(activation: str, eps: float, optimizer: str) -> tuple[Callable, Callable]:
+    """jit(vmap) over a leading networks axis of the trainer and evaluator of :func:`_compiled_trainer`."""
+    key = ("batched", activation, float(eps), optimizer)
+    if key not in _COMPILED:
+        import jax
+
+        train, evaluate = _compiled_trainer(activation, eps, optimizer)
+        _COMPILED[key] = (
+            jax.jit(jax.vmap(train, in_axes=(0, None, None, 0, None))),
+            jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None))),
+        )
+    return _COMPILED[key]
+
+
+def train_networks(
+    dataset: Dataset, config: TrainConfig, seeds: Sequence[int], *, devices: Any = None
+) -> list[TrainResult]:
+    """Train one network per seed of ``seeds`` (``config`` otherwise shared), batched and sharded.
+
+    Network ``s`` is the network :func:`train_network` trains with ``config.seed = s`` (same
+    initial weights ``PRNGKey(s)``, same batch schedule); the networks are vmapped, and their
+    axis is sharded over ``devices`` (default: all JAX devices; the list of seeds is padded to a
+    multiple of the device count and the padding discarded), so a GPU or a multi-device host runs
+    them in parallel. Results agree with :func:`train_network` up to float32 rounding (batched
+    matrix products may round differently). ``seconds`` of each result is the batch's wall time.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    cfg = config.validate()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise SymbnmfError("no seeds given; pass at least one")
+    if cfg.batch_size > len(dataset.y_train):
+        raise SymbnmfError(
+            f"batch size {cfg.batch_size} exceeds the {len(dataset.y_train)} training samples; use a smaller one"
+        )
+    t0 = time.perf_counter()
+    devs = list(devices) if devices is not None else jax.devices()
+    padded = seeds + [seeds[-1]] * (-len(seeds) % len(devs))
+    sharding = NamedSharding(Mesh(np.array(devs), ("nets",)), PartitionSpec("nets"))
+    train, evaluate = _batched_trainer(cfg.activation, cfg.eps, cfg.optimizer)
+    d_in, n = dataset.x_train.shape[1], len(dataset.y_train)
+    init = jax.vmap(lambda k: _init_params(k, d_in, cfg.width, cfg.depth, dataset.n_classes, cfg.gamma, cfg.beta))
+    keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in padded])
+    params = init(jax.device_put(keys, sharding))
+    idx = np.stack([_batch_schedule(n, cfg.batch_size, cfg.steps, np.random.default_rng(s)) for s in padded])
+    xtr, ytr = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    xte, yte = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+    params, losses = train(params, xtr, ytr, jax.device_put(idx, sharding), jnp.float32(cfg.lr))
+    test_acc, train_acc = (np.asarray(a) for a in evaluate(params, xtr, ytr, xte, yte))
+    losses = np.asarray(losses)
+    dt = time.perf_counter() - t0
+    out = []
+    for i, s in enumerate(seeds):
+        tail = losses[i, -max(1, losses.shape[1] // 10) :]
+        diverged = not bool(np.all(np.isfinite(losses[i])))
+        c = replace(cfg, seed=s)
+        out.append(TrainResult(c, float(test_acc[i]), float(train_acc[i]), float(np.mean(tail)), diverged, dt))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # gradient growth at initialisation (the quantity lambda_down_G predicts)
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +428,7 @@ class GradientGrowth:
     * ``log_mean_sq[l]`` = ln mean over networks of ||d loss/d x^{l+1}||^2 (l = 0 .. depth-1);
     * ``rate`` = exp(-slope) of a least-squares line through ``log_mean_sq`` on the layers
       ``fit_layers`` (1-based, inclusive): the per-layer growth factor of the squared gradient,
-      going from the output towards the input, to compare with backward.G (theory.md);
+      going from the output towards the input, to compare with backward.G (docs/theory.md);
     * ``rate_se``: bootstrap standard error over networks.
     """
 
@@ -408,7 +472,7 @@ def gradient_growth(
     The network is the training network of this module at initialisation, fed one batch of
     ``batch_size`` digits images per network (distinct per network), with the cross-entropy
     loss. ``rate`` estimates backward.G = lambda_down_G of Thm 3.9/3.10 (gradient-independence
-    mean field limit) from the log of the *mean* over networks (theory.md: small batches are
+    mean field limit) from the log of the *mean* over networks (docs/theory.md: small batches are
     heavy-tailed; the mean of logs is biased). Default fit window: layers
     [depth//4 + 1, depth - 4], away from the input (forward not yet at the BSB1 fixed point)
     and the output (non-G components not yet decayed). This is a minimal in-training

@@ -14,14 +14,14 @@ comparison table); refuses to overwrite them without ``--force``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from symbnmf._errors import OutputExistsError, SymbnmfError
+from symbnmf._errors import SymbnmfError
+from symbnmf._output import atomic_output, check_output
 
 DEFAULT_DEPTHS = (2, 5, 10, 15, 20, 30, 40, 50, 70, 100)
 DEFAULT_BATCHES = (4, 8, 16, 32, 64, 128)
@@ -86,7 +86,7 @@ def theory_records(
 def predicted_max_depth(activation: Any, Bs: Sequence[int], method: str = "auto") -> list[float | None]:
     """Predicted maximum trainable depth 16 xi(B) = 16 / ln backward.G(B) per batch size.
 
-    xi = ``depth_scale`` of :func:`symbnmf.evaluate` (theory.md: 1/ln lambda_down_G; Thm 3.9,
+    xi = ``depth_scale`` of :func:`symbnmf.evaluate` (docs/theory.md: 1/ln lambda_down_G; Thm 3.9,
     3.10); the factor 16 is the paper's empirical rule (Sec. 4, Fig 2). ``None`` for B < 4 or
     when the theory is unavailable (see :func:`theory_records`).
     """
@@ -248,7 +248,7 @@ def attach_theory(report: dict[str, Any], theory_method: str = "auto") -> dict[s
 
 
 def _theory_activation(activation: str, gamma: float, beta: float) -> Any:
-    """phi(gamma x + beta): BN's gamma, beta absorbed into the activation (theory.md)."""
+    """phi(gamma x + beta): BN's gamma, beta absorbed into the activation (docs/theory.md)."""
     import sympy as sp
 
     from symbnmf._activations import Activation, get_activation, x
@@ -332,15 +332,14 @@ def write_figure(report: dict[str, Any], path: str) -> None:
     if pts or meas:
         ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_output(path, force=True, binary=True) as fh:  # no partial PNG on error or Ctrl-C
+            fig.savefig(fh, format="png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def check_outputs(paths: Sequence[str], force: bool) -> None:
     """Raise :class:`OutputExistsError` if any path exists and ``force`` is false."""
     for p in paths:
-        if os.path.exists(p) and not force:
-            raise OutputExistsError(f"{p} exists; pass --force to overwrite it or choose another --output")
-        d = os.path.dirname(os.path.abspath(p))
-        if not os.path.isdir(d):
-            raise SymbnmfError(f"output directory {d} does not exist; create it or choose another --output")
+        check_output(p, force)

@@ -432,7 +432,7 @@ class FastEvaluator:
 
     Evaluates the shared definitions (ARCHITECTURE.md; Thm 3.1 fixed point, Thm 3.6/3.7 forward,
     Thm 3.9/3.10 backward eigenvalues, depth scale 1/ln lambda_G-down) with the conventions of
-    theory.md. Free activation parameters (e.g. ``g``, ``b`` of ``tanh(g*x + b)``, BN's gamma
+    docs/theory.md. Free activation parameters (e.g. ``g``, ``b`` of ``tanh(g*x + b)``, BN's gamma
     and beta) are arguments of :meth:`__call__`, broadcast to a common grid shape P; batch sizes
     are a 1-D list; results have shape ``P + (len(Bs),)``.
 
@@ -523,6 +523,8 @@ class FastEvaluator:
         import jax
 
         (nf, mf), (nc, mc) = rules
+        fine: tuple[np.ndarray, ...]
+        coarse: tuple[np.ndarray, ...]
         if self.scheme == "polar":
             fine = _rules(Blist, nf, mf)
             coarse = _rules(Blist, nc, mc)
@@ -626,7 +628,7 @@ def fast_evaluate(
 ) -> dict[str, np.ndarray]:
     """All quantities of ``activation`` on the grid (Bs x parameter arrays) by fast JAX quadrature.
 
-    Same conventions and definitions as :func:`symbnmf.evaluate` (theory.md; Thm 3.1, 3.6/3.7,
+    Same conventions and definitions as :func:`symbnmf.evaluate` (docs/theory.md; Thm 3.1, 3.6/3.7,
     3.9/3.10); float64, accurate to about 1e-10 relative (checked against a coarser rule).
     Example: ``fast_evaluate("tanh(g*x)", range(4, 20), g=np.linspace(0.1, 2, 100))["backward.G"]``
     has shape (100, 16). See :class:`FastEvaluator` to reuse the compiled kernel.

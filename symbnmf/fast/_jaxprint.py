@@ -1,6 +1,6 @@
 """Table-driven printer from SymPy expressions to JAX (or NumPy) source code.
 
-It closes the known gaps of SymPy's ``JaxPrinter`` / ``lambdify(modules="jax")`` (theory.md):
+It closes the known gaps of SymPy's ``JaxPrinter`` / ``lambdify(modules="jax")`` (docs/theory.md):
 
 * ``erf``, ``erfc``, ``gamma``, ``loggamma`` go through ``jax.scipy.special`` (SymPy prints
   ``math.erf``, which fails on tracers under ``jit``);

@@ -5,7 +5,7 @@ only on ``jax`` (or ``numpy``), with one function per quantity (``fixed_point_di
 ``backward_G(B)``, ``depth_scale(B)``; the activation's free parameters, e.g. the leaky slope
 ``a``, are extra arguments). The closed forms come from :func:`symbnmf.derive` (Yang et al.,
 ICLR 2019: Thm 3.1 fixed point, Thm 3.6/3.7 forward and Thm 3.9/3.10 backward eigenvalues;
-conventions of theory.md) and are printed by :mod:`symbnmf.fast._jaxprint` — nothing is typed in.
+conventions of docs/theory.md) and are printed by :mod:`symbnmf.fast._jaxprint` — nothing is typed in.
 
 Activations without closed forms (tanh, gelu, ...) are refused with a :class:`NoClosedFormError`
 naming the fast numeric path (:func:`symbnmf.fast_evaluate`, ``symbnmf eval --fast``).

@@ -1,13 +1,13 @@
 """JAX building blocks of the Monte Carlo networks (private; imported lazily by ``montecarlo``).
 
-Conventions (theory.md): a layer is h = W x + b with W_ij ~ N(0, σ_w²/N), σ_w² = 1, then
+Conventions (docs/theory.md): a layer is h = W x + b with W_ij ~ N(0, σ_w²/N), σ_w² = 1, then
 x' = φ(γ BN(h) + β) with BN per unit (row of the N×B matrix) across the batch,
 BN(h) = (h - mean)/sqrt(var + ε); at ε = 0 this is n(Gh) = √B Gh/‖Gh‖.
 
 Two ways to draw a Gaussian layer, equal in law for the forward-then-backward pass:
 
 * **dense**: draw the N×N matrix W (also orthogonal and Rademacher laws), h = W x + b.
-* **exact O(N·B²) sampler** (:func:`gaussian_layer`, theory.md "Simulating finite-width
+* **exact O(N·B²) sampler** (:func:`gaussian_layer`, docs/theory.md "Simulating finite-width
   networks").  Lemma: conditioned on x and h = W x, a Gaussian W equals h x⁺ + W̃ (I − P_x)
   with W̃ an independent copy (P_x the projection on the columns of x).  Hence, in law,
   h = Z₁ (xᵀx/N)^{1/2} and Wᵀg = x (xᵀx)⁺ hᵀg + (I − P_x) Z₂ (gᵀg/N)^{1/2}, with Z₁, Z₂
@@ -52,9 +52,16 @@ def psd_sqrt_pinv(S: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def psd_sqrt(S: jax.Array) -> jax.Array:
-    """S^{1/2} of a symmetric PSD matrix (negative rounding eigenvalues clipped to 0)."""
+    """S^{1/2} of a symmetric PSD matrix.
+
+    Eigenvalues below the rounding level 10·B·eps × the largest are set to 0: they are zero
+    eigenvalues blurred by rounding (gᵀg is singular behind BN, whose backward projects out the
+    batch mean), and their square roots, of order sqrt(eps), would otherwise inject rounding
+    noise of relative size sqrt(eps) into the result.
+    """
     w, V = jnp.linalg.eigh(S)
-    return (V * jnp.sqrt(jnp.clip(w, 0.0))) @ V.T
+    tol = 10 * S.shape[-1] * float(jnp.finfo(S.dtype).eps) * w[-1]
+    return (V * jnp.sqrt(jnp.where(w > tol, w, 0.0))) @ V.T
 
 
 @jax.custom_vjp

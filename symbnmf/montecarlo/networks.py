@@ -1,7 +1,7 @@
 """Monte Carlo of finite-width batch-normalized networks in JAX, measured against the theory.
 
 :func:`simulate` runs K independent networks h^l = W^l x^{l-1} + b^l, x^l = φ(γ BN(h^l) + β)
-(width N, batch B, depth L, W ~ N(0, 1/N) by default; theory.md conventions), with a random
+(width N, batch B, depth L, W ~ N(0, 1/N) by default; docs/theory.md conventions), with a random
 linear readout loss = Σ R ⊙ x^L, and measures per layer
 
 * the batch covariance Σ^l = x^lᵀ x^l / N, its scale μ_l = tr(GΣG)/(B−1) and the distance of
@@ -30,7 +30,7 @@ from symbnmf._activations import Activation, get_activation
 from symbnmf._activations import x as _x
 from symbnmf._conventions import check_batch_size
 from symbnmf._errors import SymbnmfError
-from symbnmf.montecarlo.stats import fit_rate, glm_pieces, mean_se, zscore
+from symbnmf.montecarlo.stats import fit_rate, mean_se, zscore
 
 WEIGHT_LAWS = ("gaussian", "orthogonal", "rademacher")
 METHODS = ("auto", "fast", "dense")
@@ -46,25 +46,34 @@ class MonteCarloError(SymbnmfError):
 class SimulationResult:
     """Per-network, per-layer measurements and their summary against the theory.
 
-    Arrays (leading axis = networks): ``grad_x`` (K, L+1) ‖∂loss/∂x^l‖², l = 0..L;
-    ``grad_w`` (K, L) ‖∂loss/∂W^l‖², l = 1..L; ``cov`` (K, L+1, B, B) batch covariances.
+    Arrays (leading axis = networks, simulation dtype): ``grad_x`` (K, L+1) ‖∂loss/∂x^l‖²,
+    l = 0..L; ``grad_w`` (K, L) ‖∂loss/∂W^l‖², l = 1..L; ``stats`` (K, L+1, 5) per-layer
+    statistics of the batch covariances Σ^l, named by ``stat_names`` (diag, offdiag, mu, L, M:
+    :func:`symbnmf.montecarlo.run.cov_stats`); ``cov`` (K, L+1, B, B) the covariances themselves,
+    only when ``simulate(..., keep_cov=True)`` (else None: memory stays bounded).
     ``summary`` is the JSON-ready dict printed by ``symbnmf simulate --json``.
     """
 
     settings: dict[str, Any]
     grad_x: np.ndarray | None
     grad_w: np.ndarray | None
-    cov: np.ndarray
+    stats: np.ndarray
+    cov: np.ndarray | None
     theory: dict[str, Any] | None
     theory_reason: str | None
     summary: dict[str, Any] = field(default_factory=dict)
+    stat_names: tuple[str, ...] = ("diag", "offdiag", "mu", "L", "M")
+
+    def stat(self, name: str) -> np.ndarray:
+        """(K, L+1) array of one covariance statistic (see ``stat_names``)."""
+        return self.stats[..., self.stat_names.index(name)]
 
     def to_json(self) -> dict[str, Any]:
         return self.summary
 
 
 def _composite_activation(act: Activation, gamma: float, beta: float) -> Activation:
-    """φ(γ x + β): BN's γ, β absorbed into the activation (theory.md conventions)."""
+    """φ(γ x + β): BN's γ, β absorbed into the activation (docs/theory.md conventions)."""
     if gamma == 1 and beta == 0:
         return act
     import sympy as sp
@@ -220,11 +229,13 @@ def simulate(
     theory: bool = True,
     progress: bool = False,
     chunk: int | None = None,
+    memory_bytes: int | None = None,
+    keep_cov: bool = False,
     devices: Sequence[Any] | None = None,
 ) -> SimulationResult:
     """Simulate ``networks`` batch-normalized networks and compare with the mean field theory.
 
-    Conventions: theory.md (σ_w² = 1; BN per unit across the batch with γ, β, ε; γ and β are
+    Conventions: docs/theory.md (σ_w² = 1; BN per unit across the batch with γ, β, ε; γ and β are
     compared with the theory of φ(γx + β); ε > 0 has no theory value).  The measured
     ``gradient_rate`` is the per-layer factor by which the *mean over networks* of
     ‖∂loss/∂x^l‖² grows towards the input, fitted on ``fit_window`` (default: depth/10 layers
@@ -241,6 +252,10 @@ def simulate(
     * ``dtype``: ``"float32"`` or ``"float64"`` (x64 enabled for this call only).
     * ``init``: ``"fixed_point"`` (xᵀx/N = G), ``"iid"`` or ``"structured"`` (far from BSB1).
     * ``backward=False`` runs the forward pass only (covariances).
+    * ``memory_bytes``: budget for the working memory of one chunk of networks (default: a
+      quarter of the available RAM, at most 1 GiB; :func:`symbnmf.montecarlo.run.plan_chunks`);
+      ``chunk`` forces the networks per chunk.  Results do not depend on either.
+    * ``keep_cov``: also return the per-network covariances (K, L+1, B, B) (memory grows with K).
     * ``devices``: JAX devices to shard the networks over (default: all).
 
     Raises :class:`MonteCarloError` / :class:`~symbnmf._errors.BatchSizeError` on bad input.
@@ -259,7 +274,7 @@ def simulate(
 
     import jax
 
-    from symbnmf.montecarlo.run import NetConfig, run_networks
+    from symbnmf.montecarlo.run import NetConfig, plan_chunks, run_networks
 
     act_key, phi_base = _jax_phi(act)
     phi = phi_base
@@ -278,10 +293,18 @@ def simulate(
         init,
         bool(backward),
         act_key,
+        keep_cov=bool(keep_cov),
     )
-    with jax.enable_x64(dtype == "float64"):
-        raw = run_networks(cfg, phi, int(seed), K, chunk=chunk, progress=progress, devices=devices)
+    if memory_bytes is not None and (
+        isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer)) or memory_bytes < 1
+    ):
+        raise MonteCarloError(f"memory budget must be a positive number of bytes, got {memory_bytes!r}")
     n_dev = len(devices) if devices is not None else jax.device_count()
+    plan = plan_chunks(cfg, K, memory_bytes=memory_bytes, devices=n_dev)
+    with jax.enable_x64(dtype == "float64"):
+        raw = run_networks(
+            cfg, phi, int(seed), K, chunk=chunk, memory_bytes=memory_bytes, progress=progress, devices=devices
+        )
 
     rec, reason = theory_values(act, B, gamma=gamma, beta=beta, eps=eps) if theory else (None, "theory not requested")
     res = SimulationResult(
@@ -306,11 +329,19 @@ def simulate(
         },
         grad_x=raw.get("grad_x"),
         grad_w=raw.get("grad_w"),
-        cov=raw["cov"],
+        stats=raw["stats"],
+        cov=raw.get("cov"),
         theory=rec,
         theory_reason=reason,
     )
     res.summary = _summarize(res, lo, hi)
+    res.summary["memory"] = {
+        "budget_bytes": plan.memory_budget,
+        "estimated_peak_bytes": plan.peak_bytes,
+        "networks_per_chunk": plan.chunk if chunk is None else None,
+        "chunks": plan.nchunks if chunk is None else None,
+        "remat": plan.cfg.remat,
+    }
     res.summary["time_s"] = time.perf_counter() - t0
     return res
 
@@ -355,16 +386,16 @@ def _summarize(res: SimulationResult, lo: int, hi: int) -> dict[str, Any]:
             )
         if not np.all(np.isfinite(gx)):
             out["gradient_rate"]["note"] = "non-finite gradients (overflow): use --dtype float64 or fewer layers"
-    # Covariance: per-network averages over the measured layers after the first.
-    cov = res.cov
-    diag = np.einsum("klii->kl", cov) / B
-    off = (cov.sum(axis=(-2, -1)) - diag * B) / (B * (B - 1)) if B > 1 else diag * 0
+    # Covariance: per-network averages over the measured layers after the first.  The per-layer
+    # statistics were reduced chunk by chunk in the simulation dtype (run.cov_stats).
+    diag = res.stat("diag").astype(np.float64)
+    off = res.stat("offdiag").astype(np.float64)
     fp = rec["fixed_point"] if rec else {}
     out["fixed_point"] = {
         "diag": _entry(*mean_se(diag[:, 1:].mean(1)), fp.get("diag"), reason),
         "offdiag": _entry(*mean_se(off[:, 1:].mean(1)), fp.get("offdiag"), reason),
     }
-    pieces = glm_pieces(cov)
+    pieces = {k: res.stat(k).astype(np.float64) for k in ("mu", "L", "M")}
     mu_star = (_f(fp.get("diag")) - _f(fp.get("offdiag"))) if rec else None
     dist: dict[str, Any] = {
         "L": _list(pieces["L"].mean(0)),

@@ -1,22 +1,40 @@
 """Running many Monte Carlo networks: one network's pass, vmapped, chunked, sharded (private).
 
-Randomness: network k uses ``fold_in(key(seed), k)``, so its numbers do not depend on how the
-networks are chunked or sharded over devices.  The networks axis of every chunk is sharded
-over all JAX devices (``jax.sharding.NamedSharding`` on a 1-D mesh ``("nets",)``); XLA
-partitions the vmapped computation, on CPU devices or a GPU alike.
+Memory is bounded by design.  Every compiled call vmaps a fixed number of networks per device
+(:data:`VMAP_WIDTH`, :func:`plan_chunks`) and the calls run one after another, so the working
+memory is that of one call whatever the number of networks, within a memory budget
+(:func:`default_memory_budget`: a quarter of the available RAM, at most 1 GiB, unless given).
+Each call returns only per-network, per-layer reductions (``grad_x``, ``grad_w`` and the five
+covariance statistics of :func:`cov_stats`, in the simulation dtype), so nothing of size
+(networks, depth, B, B) exists unless the covariances are asked for (``keep_cov``).  Where depth
+makes the backward pass's stored activations exceed the budget, every layer of the backward pass
+is rematerialised (``jax.checkpoint``): only the layer inputs are stored.
+
+Randomness: network k uses ``fold_in(key(seed), k)`` (threefry: on CPU it is faster than
+``rbg``/``unsafe_rbg``, measured in ``benchmarks/bench_montecarlo.py --prng``), so its numbers
+do not depend on how the networks are chunked, padded or sharded over devices.  The networks
+axis of every chunk is sharded over all JAX devices (``jax.sharding.NamedSharding`` on a 1-D
+mesh ``("nets",)``); XLA partitions the vmapped computation, on CPU devices or a GPU alike.
+
+Compilation: the call width does not depend on the number of networks (small counts are rounded
+up to :data:`CHUNK_BUCKETS`; padding networks are computed and dropped), so any number of
+networks reuses one compiled program, and JAX's persistent compilation cache
+(:func:`symbnmf.fast.enable_compilation_cache`) keeps it across processes.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symbnmf.fast._compile_cache import enable_compilation_cache
 from symbnmf.montecarlo.layers import (
     batch_norm,
     dense_layer,
@@ -25,6 +43,17 @@ from symbnmf.montecarlo.layers import (
     probe_sq,
     probe_weight_sq,
 )
+
+#: Names of the per-layer covariance statistics returned in ``stats[..., i]`` (see :func:`cov_stats`).
+STAT_NAMES: tuple[str, ...] = ("diag", "offdiag", "mu", "L", "M")
+
+#: Networks per compiled call, per device: every call vmaps this many networks (fewer only when
+#: there are fewer networks, or when the memory budget cannot hold them), so the compiled program
+#: and each network's floating-point operations are the same whatever the number of networks.
+VMAP_WIDTH = 8
+
+#: Smaller call widths are rounded up to one of these (padding networks are computed and dropped).
+CHUNK_BUCKETS: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
 
 
 @dataclass(frozen=True)
@@ -45,6 +74,8 @@ class NetConfig:
     init: str
     backward: bool
     activation: str  # srepr of the bound SymPy expression (cache key only)
+    keep_cov: bool = False  # also return the per-layer covariances (depth+1, B, B)
+    remat: bool = False  # jax.checkpoint every layer of the backward pass
 
 
 def _layer_fn(cfg: NetConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -55,19 +86,55 @@ def _layer_fn(cfg: NetConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
     return jax.checkpoint(functools.partial(dense_layer, law=cfg.weights, sigma_b=cfg.sigma_b))
 
 
+def cov_stats(S: jax.Array) -> jax.Array:
+    """The five statistics :data:`STAT_NAMES` of one batch covariance Σ (B×B), in its dtype.
+
+    ``diag`` = tr Σ/B and ``offdiag`` = mean off-diagonal entry (fixed point, docs/theory.md); with
+    μ = tr(GΣG)/(B−1) and Δ = GΣG/μ − G, ``L`` and ``M`` are the Frobenius norms of the
+    orthogonal components of Δ on the pieces L and M of Sym(1⊥) (Thm 3.6) — the projection of
+    :func:`symbnmf.montecarlo.stats.glm_pieces` (same lemma), done in O(B²): GΣG by row and
+    column means, and G diag(d) G entrywise as d_i δ_ij − (d_i + d_j)/B + Σd/B².
+    """
+    B = S.shape[-1]
+    dt = S.dtype
+    tr = jnp.trace(S)
+    diag = tr / B
+    off = (jnp.sum(S) - tr) / (B * (B - 1)) if B > 1 else jnp.zeros((), dt)
+    r = S.mean(axis=1)
+    c = S.mean(axis=0)
+    sg = S - r[:, None] - c[None, :] + S.mean()
+    mu = jnp.trace(sg) / max(B - 1, 1)
+    if B < 3:
+        z = jnp.zeros((), dt)
+        return jnp.stack([diag, off, mu, z, z])
+    G = jnp.asarray(np.eye(B) - 1.0 / B, dt)
+    gg_inv = jnp.asarray(np.linalg.inv((np.eye(B) - 1.0 / B) ** 2), dt)
+    delta = sg / mu - G
+    d = gg_inv @ jnp.diagonal(delta)
+    gdg = jnp.diag(d) - (d[:, None] + d[None, :]) / B + jnp.sum(d) / B**2
+    l_part = gdg - (jnp.trace(delta) / (B - 1)) * G
+    m_part = delta - gdg
+    return jnp.stack([diag, off, mu, jnp.sqrt(jnp.sum(l_part**2)), jnp.sqrt(jnp.sum(m_part**2))])
+
+
 def network_pass(idx: jax.Array, seed: jax.Array, phi: Callable, cfg: NetConfig) -> dict[str, jax.Array]:
     """Forward (and backward) pass of network number ``idx``.
 
-    Returns ``cov`` (depth+1, B, B): batch covariances x^lᵀ x^l / N of the measured layers
-    l = 0..depth (l = 0 is the input after burn-in); with ``cfg.backward`` also ``grad_x``
-    (depth+1,): ‖∂loss/∂x^l‖² and ``grad_w`` (depth,): ‖∂loss/∂W^l‖² (l = 1..depth) for the
-    random linear readout loss = Σ R ⊙ x^depth, by ``jax.grad``.
+    Returns ``stats`` (depth+1, 5): :func:`cov_stats` of the batch covariances x^lᵀ x^l / N of
+    the measured layers l = 0..depth (l = 0 is the input after burn-in); with ``cfg.keep_cov``
+    also ``cov`` (depth+1, B, B) itself; with ``cfg.backward`` also ``grad_x`` (depth+1,):
+    ‖∂loss/∂x^l‖² and ``grad_w`` (depth,): ‖∂loss/∂W^l‖² (l = 1..depth) for the random linear
+    readout loss = Σ R ⊙ x^depth, by ``jax.grad``.
     """
     N, B, L = cfg.width, cfg.batch_size, cfg.depth
     dtype = jnp.dtype(cfg.dtype)
     key = jax.random.fold_in(jax.random.key(seed), idx)
     k_init, k_read, k_burn, k_meas = jax.random.split(key, 4)
     layer = _layer_fn(cfg)
+
+    def measure(x):
+        cov = x.T @ x / N
+        return (cov_stats(cov), cov) if cfg.keep_cov else (cov_stats(cov),)
 
     def step(x, k):
         return phi(batch_norm(layer(x, k), cfg.gamma, cfg.beta, cfg.eps))
@@ -76,34 +143,43 @@ def network_pass(idx: jax.Array, seed: jax.Array, phi: Callable, cfg: NetConfig)
     if cfg.burn_in:
         x0, _ = jax.lax.scan(lambda x, k: (step(x, k), None), x0, jax.random.split(k_burn, cfg.burn_in))
     x0 = jax.lax.stop_gradient(x0)
-    cov0 = x0.T @ x0 / N
+    m0 = measure(x0)
     keys = jax.random.split(k_meas, L)
+
+    def pack(ms) -> dict[str, jax.Array]:
+        out = {"stats": jnp.concatenate([m0[0][None], ms[0]])}
+        if cfg.keep_cov:
+            out["cov"] = jnp.concatenate([m0[1][None], ms[1]])
+        return out
 
     if not cfg.backward:
 
         def fbody(x, k):
             xn = step(x, k)
-            return xn, xn.T @ xn / N
+            return xn, measure(xn)
 
-        _, covs = jax.lax.scan(fbody, x0, keys)
-        return {"cov": jnp.concatenate([cov0[None], covs])}
+        _, ms = jax.lax.scan(fbody, x0, keys)
+        return pack(ms)
 
     R = jax.random.normal(k_read, (N, B), dtype)
 
+    def body(x, inp):
+        k, pg, pw = inp
+        x = probe_sq(x, pg)
+        h = probe_weight_sq(layer(x, k), x, pw)
+        xn = phi(batch_norm(h, cfg.gamma, cfg.beta, cfg.eps))
+        return xn, measure(jax.lax.stop_gradient(xn))
+
+    if cfg.remat:  # store only each layer's input; recompute the layer in the backward pass
+        body = jax.checkpoint(body)
+
     def loss(p_gx, p_gw):
-        def body(x, inp):
-            k, pg, pw = inp
-            x = probe_sq(x, pg)
-            h = probe_weight_sq(layer(x, k), x, pw)
-            xn = phi(batch_norm(h, cfg.gamma, cfg.beta, cfg.eps))
-            return xn, xn.T @ xn / N
-
-        xl, covs = jax.lax.scan(body, x0, (keys, p_gx[:L], p_gw))
+        xl, ms = jax.lax.scan(body, x0, (keys, p_gx[:L], p_gw))
         xl = probe_sq(xl, p_gx[L])
-        return jnp.sum(R * xl), covs
+        return jnp.sum(R * xl), ms
 
-    (gx, gw), covs = jax.grad(loss, argnums=(0, 1), has_aux=True)(jnp.zeros(L + 1, dtype), jnp.zeros(L, dtype))
-    return {"cov": jnp.concatenate([cov0[None], covs]), "grad_x": gx, "grad_w": gw}
+    (gx, gw), ms = jax.grad(loss, argnums=(0, 1), has_aux=True)(jnp.zeros(L + 1, dtype), jnp.zeros(L, dtype))
+    return {**pack(ms), "grad_x": gx, "grad_w": gw}
 
 
 @functools.lru_cache(maxsize=32)
@@ -111,13 +187,118 @@ def _compiled(cfg: NetConfig, phi: Callable) -> Callable:
     return jax.jit(jax.vmap(functools.partial(network_pass, phi=phi, cfg=cfg), in_axes=(0, None)))
 
 
+def _item(cfg: NetConfig) -> int:
+    return 8 if cfg.dtype == "float64" else 4
+
+
+def output_bytes_per_network(cfg: NetConfig) -> int:
+    """Bytes kept per network after its chunk: the reductions (and the covariances if kept)."""
+    n = (cfg.depth + 1) * (len(STAT_NAMES) + 2)
+    if cfg.keep_cov:
+        n += (cfg.depth + 1) * cfg.batch_size**2
+    return _item(cfg) * n
+
+
 def bytes_per_network(cfg: NetConfig) -> int:
-    """Rough peak memory of one network's pass (residuals of the scan, dense W transients)."""
-    item = 8 if cfg.dtype == "float64" else 4
-    n = 8 * (cfg.depth + cfg.burn_in + 1) * cfg.width * cfg.batch_size
+    """Upper estimate of the working memory of one network's pass inside a chunk (bytes).
+
+    The backward pass stores per layer about 5 N×B arrays and 3 B×B ones (checked against
+    XLA's ``memory_analysis`` in the tests); with ``cfg.remat`` only the layer input (N×B) is
+    stored and one layer's working set is live.  Dense layers add 3 N×N transients.  Plus what
+    the chunk returns (:func:`output_bytes_per_network`).
+    """
+    N, B = cfg.width, cfg.batch_size
+    layers = cfg.depth + 1
+    per_layer = 5 * N * B + 3 * B * B
+    if not cfg.backward:
+        n = 8 * N * B + 3 * B * B
+    elif cfg.remat:
+        n = layers * (N * B + 2) + 2 * per_layer
+    else:
+        n = layers * per_layer
     if cfg.method == "dense":
-        n += 3 * cfg.width**2
-    return item * n
+        n += 3 * N * N
+    return _item(cfg) * n + output_bytes_per_network(cfg)
+
+
+def default_memory_budget() -> int:
+    """A quarter of the available RAM (``MemAvailable``), at most 1 GiB, at least 64 MiB."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 << 30
+    return int(min(1 << 30, max(64 << 20, avail // 4)))
+
+
+def _bucket(n: int) -> int:
+    """Smallest bucket >= n (n <= VMAP_WIDTH)."""
+    return min(b for b in CHUNK_BUCKETS if b >= min(n, VMAP_WIDTH))
+
+
+def _bucket_below(n: int) -> int:
+    return max(b for b in CHUNK_BUCKETS if b <= max(1, n))
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How :func:`run_networks` splits ``networks`` networks: ``nchunks`` calls of ``chunk`` networks."""
+
+    cfg: NetConfig  # with ``remat`` decided
+    networks: int
+    chunk: int  # networks per compiled call (vmap width per device times the device count)
+    nchunks: int
+    devices: int
+    memory_budget: int  # bytes
+    bytes_per_network: int
+    peak_bytes: int  # estimated: one call's working set + all kept outputs
+    fits: bool  # False: even one network per device exceeds the budget (it still runs)
+
+    @property
+    def padded(self) -> int:
+        return self.chunk * self.nchunks - self.networks
+
+
+def plan_chunks(cfg: NetConfig, networks: int, *, memory_bytes: int | None = None, devices: int = 1) -> ChunkPlan:
+    """Plan the calls of :func:`run_networks`: networks per call, number of calls, remat.
+
+    Each call vmaps ``w`` networks per device, ``w`` = :data:`VMAP_WIDTH` (or the bucketed
+    network count when smaller), and the calls run one after the other, so the working memory
+    is that of one call whatever the number of networks.  ``memory_bytes`` (default
+    :func:`default_memory_budget`) bounds it: when ``w`` networks per device do not fit, the
+    backward pass is rematerialised (``cfg.remat``), and if they still do not fit ``w``
+    shrinks.  Any configuration runs: if one network per device exceeds the budget, ``fits``
+    is False.  The last call is padded with networks whose results are dropped.
+    """
+    budget = int(memory_bytes) if memory_bytes is not None else default_memory_budget()
+    nd = max(1, int(devices))
+    w = _bucket(-(-networks // nd))
+    if cfg.backward and not cfg.remat and bytes_per_network(cfg) * w * nd > budget:
+        cfg = replace(cfg, remat=True)
+    bpn = bytes_per_network(cfg)
+    if bpn * w * nd > budget:
+        w = _bucket_below(budget // (bpn * nd))
+    chunk = w * nd
+    return ChunkPlan(
+        cfg=cfg,
+        networks=networks,
+        chunk=chunk,
+        nchunks=-(-networks // chunk),
+        devices=nd,
+        memory_budget=budget,
+        bytes_per_network=bpn,
+        peak_bytes=bpn * chunk + output_bytes_per_network(cfg) * networks,
+        fits=bpn * nd <= budget,
+    )
 
 
 def run_networks(
@@ -126,45 +307,82 @@ def run_networks(
     seed: int,
     networks: int,
     *,
-    memory_bytes: int = 1 << 30,
+    memory_bytes: int | None = None,
     chunk: int | None = None,
     progress: bool = False,
     devices: Any = None,
 ) -> dict[str, np.ndarray]:
-    """Run ``networks`` networks in equal chunks sharded over ``devices`` (default: all).
+    """Run ``networks`` networks in calls planned by :func:`plan_chunks`, sharded over ``devices`` (default: all).
 
-    Returns numpy arrays with a leading networks axis (see :func:`network_pass`).
+    ``chunk`` forces the networks per call (rounded up to a multiple of the device count; the
+    remat decision still follows the budget; a width other than the planned one may change the
+    results by floating-point rounding).  Returns numpy arrays in the simulation dtype with
+    a leading networks axis (see :func:`network_pass`): ``stats``, ``grad_x``, ``grad_w``, and
+    ``cov`` with ``cfg.keep_cov``.  Bit-identical for any number of networks >= the call width
+    and any memory budget that holds one call without remat (tested).
     """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    enable_compilation_cache()
     devs = list(devices) if devices is not None else jax.devices()
     nd = len(devs)
-    if chunk is None:
-        chunk = max(1, memory_bytes // max(1, bytes_per_network(cfg)))
-    if progress:  # about ten updates of the bar on long runs
-        chunk = min(chunk, max(nd, -(-networks // 10)))
-    chunk = min(chunk, networks)
-    nchunks = -(-networks // chunk)
-    chunk = -(-networks // nchunks)
-    chunk = -(-chunk // nd) * nd  # a multiple of the device count
+    plan = plan_chunks(cfg, networks, memory_bytes=memory_bytes, devices=nd)
+    cfg, size, nchunks = plan.cfg, plan.chunk, plan.nchunks
+    if chunk is not None:
+        size = -(-max(1, int(chunk)) // nd) * nd
+        nchunks = -(-networks // size)
     sharding = NamedSharding(Mesh(np.array(devs), ("nets",)), PartitionSpec("nets"))
     fn = _compiled(cfg, phi)
     seed_arr = np.uint32(seed % 2**32)
-    out: dict[str, list[np.ndarray]] = {}
+    out: dict[str, np.ndarray] = {}
     bar = None
     if progress:
-        from symbnmf._progress import progress as _progress
+        from tqdm import tqdm
 
-        bar = _progress(networks, desc="networks", unit="net", leave=False)
+        bar = tqdm(total=networks, desc="networks", unit="net", leave=False)
+
+    def collect(lo: int, res: dict[str, jax.Array]) -> None:
+        n = min(size, networks - lo)
+        for k, v in res.items():
+            if k not in out:  # preallocated: no list of chunks, no concatenate copy
+                out[k] = np.empty((networks, *v.shape[1:]), dtype=v.dtype)
+            out[k][lo : lo + n] = np.asarray(v)[:n]
+        if bar is not None:
+            bar.update(n)
+
     try:
+        pending = None  # dispatch call c+1 before copying call c's (small) results to the host
         for c in range(nchunks):
-            idx = jax.device_put(np.arange(c * chunk, (c + 1) * chunk, dtype=np.int32), sharding)
-            res = fn(idx, seed_arr)
-            for k, v in res.items():
-                out.setdefault(k, []).append(np.asarray(v))
-            if bar is not None:
-                bar.update(min(chunk, networks - c * chunk))
+            lo = c * size
+            res = fn(jax.device_put(np.arange(lo, lo + size, dtype=np.int32), sharding), seed_arr)
+            if pending is not None:
+                collect(*pending)
+            pending = (lo, res)
+        if pending is not None:
+            collect(*pending)
     finally:
         if bar is not None:
             bar.close()
-    return {k: np.concatenate(v)[:networks] for k, v in out.items()}
+    return out
+
+
+def memory_estimate(cfg: NetConfig, networks: int, *, memory_bytes: int | None = None, devices: int = 1) -> int:
+    """Estimated peak bytes of :func:`run_networks` beyond the JAX runtime (see :class:`ChunkPlan`)."""
+    return plan_chunks(cfg, networks, memory_bytes=memory_bytes, devices=devices).peak_bytes
+
+
+__all__ = [
+    "CHUNK_BUCKETS",
+    "STAT_NAMES",
+    "VMAP_WIDTH",
+    "ChunkPlan",
+    "NetConfig",
+    "bytes_per_network",
+    "cov_stats",
+    "default_memory_budget",
+    "memory_estimate",
+    "network_pass",
+    "output_bytes_per_network",
+    "plan_chunks",
+    "run_networks",
+]

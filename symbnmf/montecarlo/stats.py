@@ -1,7 +1,7 @@
 """Statistics for the Monte Carlo stage (numpy only; no JAX).
 
 * :func:`glm_pieces` splits a batch covariance's deviation from the BSB1 fixed point into the
-  pieces G, L, M of Sym(1-perp) (theory.md, "Forward linearisation: G / L / M").
+  pieces G, L, M of Sym(1-perp) (docs/theory.md, "Forward linearisation: G / L / M").
 * :func:`fit_rate` estimates a per-layer geometric growth factor from per-network, per-layer
   positive samples as the slope of log(mean over networks) against depth, with a delete-one
   jackknife standard error over networks.
@@ -127,7 +127,7 @@ def mean_se(values: np.ndarray) -> tuple[float, float]:
 def extrapolate_width(ns, values, ses) -> tuple[float, float]:
     """Finite-width extrapolation: weighted least squares of ``values`` (standard errors ``ses``)
     against 1/N; returns the intercept (the N -> infinity prediction) and its standard error.
-    The mean field limit is N -> infinity and finite width biases rates by O(1/N) (theory.md)."""
+    The mean field limit is N -> infinity and finite width biases rates by O(1/N) (docs/theory.md)."""
     X = np.c_[np.ones(len(ns)), 1.0 / np.asarray(ns, float)]
     w = 1.0 / np.asarray(ses, float) ** 2
     cov = np.linalg.inv(X.T @ (w[:, None] * X))

@@ -129,7 +129,7 @@ def _evaluate_closed_form(expr: sp.Expr, B: int, dps: int) -> Any:
 def certify(activation: Any, B: int, dps: int = 50, *, forms: dict[str, sp.Expr] | None = None) -> Certificate:
     """Compare every closed-form quantity of ``activation`` at batch size ``B`` with quadrature.
 
-    Conventions: theory.md (quantities of :data:`symbnmf.QUANTITIES`; closed forms from
+    Conventions: docs/theory.md (quantities of :data:`symbnmf.QUANTITIES`; closed forms from
     Thm 3.1/3.7/3.9/3.10 as derived by :func:`symbnmf.derive`). ``forms`` may pass precomputed
     closed forms (to derive once for many B). Returns a :class:`Certificate`; ``.ok`` is False if
     any quantity disagrees beyond 10^(-dps+5) relative.

@@ -109,7 +109,7 @@ def _as_matrix(Sigma: Any) -> Any:
 def laplace_V(activation: Any, Sigma: Any, dps: int = 30) -> Any:
     """V_{B_phi}(Sigma) = E[B_phi(h) B_phi(h)^T], h ~ N(0, Sigma), by the Laplace method (Thm 3.2).
 
-    Conventions: theory.md (BN(h) = n(G h), gamma = 1, beta = 0, eps = 0). ``Sigma`` is any
+    Conventions: docs/theory.md (BN(h) = n(G h), gamma = 1, beta = 0, eps = 0). ``Sigma`` is any
     symmetric PSD B x B matrix (B >= 4) with G Sigma G != 0; phi must be positive-homogeneous.
     Returns an mpmath matrix accurate to about 10^(-dps). Raises SymbnmfError for a non-PSD,
     non-symmetric or BN-invisible Sigma, ConvergenceError if the s-integral does not converge.

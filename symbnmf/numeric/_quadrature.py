@@ -475,7 +475,7 @@ def _two_coordinates(
                 a = mpmath.acos(k / R)
                 angles = (psij + a, psij - a)
             else:
-                angles = ()
+                angles = ()  # type: ignore[assignment]  # the line misses the circle
             for ang in angles:
                 outer.add(ang % twopi)
     # the ray through a crossing of the lines y1 = k1 and y2 = k2 (inner break points swap there)
@@ -613,7 +613,7 @@ def sphere_expectations(
 ) -> list[mpmath.mpf]:
     """E[f1(y1) f2(y2)] for every ``(f1, f2)`` in ``pairs``, y uniform on the BN sphere.
 
-    Convention (theory.md, Thm F.5): y is uniform on the sphere of radius sqrt(B) in 1-perp of
+    Convention (docs/theory.md, Thm F.5): y is uniform on the sphere of radius sqrt(B) in 1-perp of
     R^B, y1, y2 two distinct coordinates. ``f1``/``f2`` are SymPy expressions of a single
     coordinate symbol (``symbnmf.symbolic._sphere.y1``/``y2`` or any one symbol), the number 1, or
     :class:`CoordinateFunction`. Integrals with ``f2 = 1`` (or ``f1 = 1``) use the one-coordinate
@@ -688,7 +688,7 @@ def _run(
 def sphere_quadrature(f1: Any, f2: Any = 1, B: int = 4, dps: int = 50) -> mpmath.mpf:
     """E[f1(y1) f2(y2)] over the BN sphere by 2-D angular quadrature (Thm F.5).
 
-    y is uniform on the radius-sqrt(B) sphere in 1-perp of R^B (theory.md); f1, f2 are SymPy
+    y is uniform on the radius-sqrt(B) sphere in 1-perp of R^B (docs/theory.md); f1, f2 are SymPy
     expressions of one coordinate each (or 1). Accurate to 10^(-dps); raises
     :class:`ConvergenceError` when the error estimate misses that target. See
     :func:`sphere_expectations` for the vectorised form and the module docstring for the law.

@@ -1,7 +1,7 @@
 """alpha-ReLU and the BSB1 -> BSB2 transition (paper Fig 1c,d; Thm 3.6, 3.7).
 
 For phi_alpha(x) = x^alpha 1[x > 0] the BSB1 fixed point is attracting iff both forward
-eigenvalues lambda_L, lambda_M (convention of theory.md: Sigma -> G V(Sigma) G / mu* at Sigma = G)
+eigenvalues lambda_L, lambda_M (convention of docs/theory.md: Sigma -> G V(Sigma) G / mu* at Sigma = G)
 are below 1. At alpha = 1 (ReLU) both are < 1 for every B; as alpha grows the per-sample-norm
 piece L crosses 1 first: the BSB1 point loses stability to a symmetry-broken ("winner-take-all",
 BSB2) point. The critical alpha_c(B) solves max(lambda_L, lambda_M)(alpha) = 1; it is found by

@@ -88,12 +88,11 @@ class SMatrix:
     # ---- access ---------------------------------------------------------------------------
     def entry(self, a: Label, b: Label) -> sp.Expr:
         """Entry at labels ``a, b``: an int < n is a named index, ``("r", k)`` the k-th distinct rest index."""
-        an, bn = isinstance(a, int), isinstance(b, int)
-        if an and bn:
+        if isinstance(a, int) and isinstance(b, int):
             return self.N[a, b]
-        if an:
+        if isinstance(a, int):
             return self.NR[a]
-        if bn:
+        if isinstance(b, int):
             return self.RN[b]
         return self.RRd if a == b else self.RRo
 

@@ -6,16 +6,23 @@ the Gaussian lemmas of :mod:`symbnmf.symbolic._gaussian`; the result is a polyno
 theta_B = arccos(1/(B-1)) and S_B = sqrt(B(B-2)) with coefficients rational in B and pi, reduced
 with S_B^2 = B(B-2). Each quantity's formula then gives a ratio of two such polynomials.
 
-Results are cached on disk, keyed by the activation, the package version and a fingerprint of
-the derivation's source files (and SymPy's version), so a warm call is instant (``SYMBNMF_CACHE_DIR``, default ``~/.cache/symbnmf``; ``SYMBNMF_NO_CACHE=1`` off).
+Results are cached on disk (``SYMBNMF_CACHE_DIR``, default ``~/.cache/symbnmf``;
+``SYMBNMF_NO_CACHE=1`` off), keyed by the activation, the package version and a fingerprint of
+every source file that can reach the output (:func:`fingerprint_sources`) and SymPy's version.
+An entry is trusted only if its HMAC (per-user key, mode 0600) matches its content, key and
+fingerprint, and its expressions are read back without evaluating any text
+(:mod:`symbnmf.symbolic._serialize`); any other entry is derived again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import hmac
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,8 +33,25 @@ from symbnmf._activations import Activation, get_activation
 from symbnmf._conventions import CONVENTIONS, QUANTITIES
 from symbnmf._errors import NoClosedFormError
 from symbnmf.symbolic._algebra import B
-from symbnmf.symbolic._derivation import Derivation, Step
-from symbnmf.symbolic._gaussian import LEMMAS, S_sym, T_sym, closed_form_expectation, to_explicit
+from symbnmf.symbolic._derivation import (
+    Derivation,
+    Step,
+    compact_latex,
+    equation_latex,
+    expectation_latex,
+    monomial_latex,
+    monomial_sum_latex,
+    sphere_sum_latex,
+)
+from symbnmf.symbolic._gaussian import (
+    LEMMAS,
+    S_sym,
+    T_sym,
+    closed_form_expectation,
+    monomial_expansion,
+    sphere_monomial_chain,
+    to_explicit,
+)
 from symbnmf.symbolic._quantities import I_S, I_d, I_o, abstract_definitions
 
 _LIMIT_EPS = sp.Symbol("epsilon", positive=True)
@@ -129,17 +153,27 @@ def _series(num: sp.Expr, den: sp.Expr, order: int = 6) -> tuple[sp.Expr, sp.Exp
     return q0, c1
 
 
-@functools.lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
-    """Hash of the modules a derivation depends on: editing them invalidates the disk cache."""
+def fingerprint_sources() -> list[Path]:
+    """Every source file whose text can reach a derivation: the base modules and ``symbolic/``.
+
+    The import-direction rule (base -> symbolic -> numeric -> ...; ``tests/test_architecture.py``)
+    guarantees that :func:`derive` imports nothing else from symbnmf, so these files are all of
+    it (``__init__.py`` carries the version string, ``_conventions.py`` the conventions text).
+    """
     here = Path(__file__).resolve().parent
     top = here.parent
+    return sorted(top.glob("*.py")) + sorted(here.glob("*.py"))
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """Hash of :func:`fingerprint_sources` and SymPy's version: editing either invalidates the cache."""
     h = hashlib.sha256()
-    sources = [top / "_activations.py", top / "_conventions.py", top / "_errors.py", *sorted(here.glob("*.py"))]
-    for path in sources:
-        h.update(path.name.encode())
+    h.update(sp.__version__.encode())
+    for path in fingerprint_sources():
+        h.update(b"\0" + path.parent.name.encode() + b"/" + path.name.encode() + b"\0")
         h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
 
 
 def _activation_key(act: Activation) -> str:
@@ -151,15 +185,111 @@ def _activation_key(act: Activation) -> str:
 
 
 def _cache_dir() -> Path | None:
+    """``SYMBNMF_CACHE_DIR`` (unset or empty: ``~/.cache/symbnmf``), or None with ``SYMBNMF_NO_CACHE``."""
     if os.environ.get("SYMBNMF_NO_CACHE"):
         return None
-    return Path(os.environ.get("SYMBNMF_CACHE_DIR", Path.home() / ".cache" / "symbnmf"))
+    env = os.environ.get("SYMBNMF_CACHE_DIR", "").strip()
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".cache" / "symbnmf"
+
+
+_SECRET_NAME = "secret.key"
+_ENTRY_FORMAT = 2
+
+
+def _cache_secret(cdir: Path, create: bool) -> bytes | None:
+    """The per-user key that authenticates cache entries (HMAC-SHA256), or None if unusable.
+
+    Created once with mode 0600 in the cache directory; a key file that is not a regular file
+    owned by this user and unreadable by others is never trusted (then the cache is not used).
+    """
+    path = cdir / _SECRET_NAME
+    if create and not path.exists():
+        try:
+            cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(os.urandom(32).hex())
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd) as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+            return None
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            return None
+        text = fh.read(200).strip()
+    return bytes.fromhex(text) if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _entry_mac(secret: bytes, key: str, body: str) -> str:
+    return hmac.new(secret, f"{_ENTRY_FORMAT}|{key}|{_code_fingerprint()}\n{body}".encode(), "sha256").hexdigest()
+
+
+def _read_cache(cfile: Path, key: str) -> Derivation | None:
+    """The cached derivation if its entry is authentic (HMAC over content, key and source fingerprint).
+
+    Anything else (missing, unreadable, edited, forged, stale, malformed) returns None: the caller
+    derives again and replaces the entry. Stored expressions are read without evaluation
+    (:func:`~symbnmf.symbolic._serialize.read_srepr`), so even a forged entry cannot run code.
+    """
+    secret = _cache_secret(cfile.parent, create=False)
+    if secret is None:
+        return None
+    try:
+        if not cfile.is_file() or cfile.stat().st_size > 20_000_000:
+            return None
+        entry = json.loads(cfile.read_text())
+        if not isinstance(entry, dict) or entry.get("format") != _ENTRY_FORMAT or entry.get("key") != key:
+            return None
+        body, mac = entry.get("derivation"), entry.get("mac")
+        if not isinstance(body, str) or not isinstance(mac, str):
+            return None
+        if not hmac.compare_digest(mac, _entry_mac(secret, key, body)):
+            return None
+        return Derivation.from_json(json.loads(body))
+    except Exception:  # a bad entry is never trusted, only re-derived
+        return None
+
+
+def _write_cache(cfile: Path, key: str, d: Derivation) -> None:
+    secret = _cache_secret(cfile.parent, create=True)
+    if secret is None:
+        return
+    body = json.dumps(d.to_json())
+    entry = {"format": _ENTRY_FORMAT, "key": key, "mac": _entry_mac(secret, key, body), "derivation": body}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=cfile.parent, prefix=".derive-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(entry, fh)
+            os.replace(tmp, cfile)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
+
+def _canonical(expr: sp.Expr) -> sp.Expr:
+    """The form a cached expression is read back in, so that cold and warm runs print the same text."""
+    from symbnmf.symbolic._serialize import read_srepr
+
+    return read_srepr(sp.srepr(expr))
 
 
 def derive(activation: str | Activation, *, use_cache: bool = True, limits: bool = True) -> Derivation:
     """Closed forms in B of every mean-field quantity of ``activation`` (Thm 3.1, 3.6-3.10).
 
-    Conventions of ``shared/theory.md`` (sigma_w^2 = 1, sigma_b^2 = 0, gamma = 1, beta = 0,
+    Conventions of ``docs/theory.md`` (sigma_w^2 = 1, sigma_b^2 = 0, gamma = 1, beta = 0,
     eps = 0). Returns a :class:`~symbnmf.Derivation` whose ``quantities`` maps each name of
     :data:`symbnmf.QUANTITIES` to a SymPy expression in ``B`` (and the activation's free
     parameters, e.g. leaky ReLU's ``a``), with the derivation steps and large-B limits.
@@ -179,26 +309,18 @@ def derive(activation: str | Activation, *, use_cache: bool = True, limits: bool
             f"`symbnmf eval '{act.name}' --batch-size B` or evaluate(..., method='quadrature')"
         )
     cdir = _cache_dir() if use_cache else None
-    cfile = cdir / f"derive-{_activation_key(act)}-{int(limits)}.json" if cdir else None
-    if cfile is not None and cfile.exists():
-        try:
-            d = Derivation.from_json(json.loads(cfile.read_text()))
-            _MEMO[memo_key] = d
-            return d
-        except Exception:  # corrupt cache entry: derive again
-            pass
+    key = _activation_key(act)
+    cfile = cdir / f"derive-{key}-{int(limits)}.json" if cdir else None
+    if cfile is not None:
+        cached = _read_cache(cfile, key)
+        if cached is not None:
+            _MEMO[memo_key] = cached
+            return cached
     d = _derive(act, hp, limits=limits)
     if use_cache:
         _MEMO[memo_key] = d
     if cfile is not None:
-        try:
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cfile.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(d.dumps())
-            os.replace(tmp, cfile)
-        except OSError:
-            pass
+        _write_cache(cfile, key, d)
     return d
 
 
@@ -231,7 +353,7 @@ def _derive(act: Activation, hp, *, limits: bool) -> Derivation:
             continue
         qd = defs[name]
         steps = list(phi_steps)
-        steps.append(Step("Definition", qd.definition_latex, qd.theorem + "; conventions of theory.md"))
+        steps.append(Step("Definition", qd.definition_latex, qd.theorem + "; conventions of docs/theory.md"))
         if qd.test_direction is not None:
             steps.append(
                 Step(
@@ -259,27 +381,14 @@ def _derive(act: Activation, hp, *, limits: bool) -> Derivation:
             )
         subs_cf = {}
         for ph, integral in qd.integrals.items():
-            if ph == I_S:
-                steps.append(
-                    Step(
-                        "Orbit reduction",
-                        sp.Eq(ph, integral.as_expr()),
-                        "Lemmas orbit, conditional_sphere, sphere_moments (exact in B)",
-                    )
-                )
             subs_cf[ph] = cf(integral)
-        if I_S in qd.integrals:
-            steps.append(
-                Step(
-                    "Closed form of the sphere integral",
-                    sp.Eq(I_S, to_explicit(subs_cf[I_S].as_expr())),
-                    "Lemmas sphere_to_gaussian, chi_moment, gaussian_pair, half_moment, regression, wedge",
-                )
-            )
+        targets = [I_S] if I_S in qd.integrals else list(qd.integrals)
+        for ph in targets:
+            steps += _sphere_integral_steps(ph, qd.integrals[ph], hp, subs_cf[ph])
         steps.append(
             Step(
                 "Fixed point scale",
-                sp.Eq(sp.Symbol(r"\mu^*"), to_explicit(mu.as_expr())),
+                equation_latex(r"\mu^*", to_explicit(mu.as_expr()), name=r"\mu"),
                 "mu* = Sigma*_ii - Sigma*_ij",
             )
         )
@@ -288,12 +397,18 @@ def _derive(act: Activation, hp, *, limits: bool) -> Derivation:
         expr = to_explicit(num) / to_explicit(den) if den != 1 else to_explicit(num)
         if num == 0:
             expr = sp.S.Zero
-        d.quantities[name] = expr
+        d.quantities[name] = _canonical(expr)
         ratios[name] = (num, den)
-        steps.append(Step("Result", sp.Eq(sp.Symbol(_sym(name)), expr), "substitute and simplify (S_B^2 = B(B-2))"))
+        steps.append(
+            Step(
+                "Result",
+                equation_latex(_sym(name), expr, name=_sym(name)),
+                "substitute and simplify (S_B^2 = B(B-2))",
+            )
+        )
         d.steps[name] = steps
     lamG = d.quantities["backward.G"]
-    d.quantities["depth_scale"] = 1 / sp.log(lamG)
+    d.quantities["depth_scale"] = _canonical(1 / sp.log(lamG))
     d.steps["depth_scale"] = [
         Step(
             "Definition",
@@ -305,12 +420,96 @@ def _derive(act: Activation, hp, *, limits: bool) -> Derivation:
         for name in QUANTITIES:
             if name == "depth_scale":
                 continue
-            d.limits[name] = _series(*ratios[name])
+            d.limits[name] = tuple(_canonical(v) for v in _series(*ratios[name]))
         if "backward.G" in d.limits and sp.simplify(d.limits["backward.G"][0] - 1) != 0:
             # (for backward.G -> 1, as for the identity, xi grows like B and has no finite limit)
             q0, c1 = d.limits["backward.G"]
-            d.limits["depth_scale"] = _series_of_depth(q0, c1)
+            d.limits["depth_scale"] = tuple(_canonical(v) for v in _series_of_depth(q0, c1))
     return d
+
+
+_PLACEHOLDER_DEFINITION = {
+    I_d: r"I_d = \mathbb{E}\bigl[\phi(y_1)^{2}\bigr]",
+    I_o: r"I_o = \mathbb{E}\bigl[\phi(y_1)\,\phi(y_2)\bigr]",
+}
+
+
+def _sphere_integral_steps(ph: sp.Symbol, integral, hp, closed: sp.Poly) -> list[Step]:
+    """The steps from a sphere integral to its closed form, every lemma's result shown:
+
+    orbit reduction to two coordinates; expansion of phi = p + H q into sphere monomials;
+    standard Gaussian moments (Lemmas half_moment, regression, wedge); sphere monomials from
+    them (Lemmas sphere_to_gaussian, gaussian_pair, chi_moment); the sum.
+    """
+    name = sp.latex(ph)
+    steps = []
+    if ph == I_S:
+        steps.append(
+            Step(
+                "Orbit reduction",
+                sphere_sum_latex(name, integral.terms),
+                "Lemmas orbit, conditional_sphere, sphere_moments (exact in B); y_1, y_2 two distinct coordinates",
+            )
+        )
+    else:
+        steps.append(Step("Sphere integral", _PLACEHOLDER_DEFINITION[ph], "definition (Thm 3.1, App. F)"))
+    if not integral.terms:  # the sum vanishes identically
+        return steps
+    pairs = list(dict.fromkeys((f1, f2) for _, f1, f2 in integral.terms))
+    expansions = [(f1, f2, monomial_expansion(f1, f2, hp)) for f1, f2 in pairs]
+    steps.append(
+        Step(
+            "Expansion in sphere monomials",
+            " \\\\\n".join(monomial_sum_latex(expectation_latex(f1, f2), ex) for f1, f2, ex in expansions),
+            "phi = p + H q, phi' = p' + H q' with H the Heaviside step (H^2 = H); linearity",
+        )
+    )
+    keys = list(dict.fromkeys(k for _, _, ex in expansions for _, k in ex))
+    chains = {k: sphere_monomial_chain(k) for k in keys}
+    steps.append(
+        Step(
+            "Standard Gaussian moments",
+            " \\\\\n".join(
+                equation_latex(monomial_latex(k, gaussian=True), chains[k][1], name=f"m_{{{i + 1}}}")
+                for i, k in enumerate(keys)
+            ),
+            "Lemmas half_moment, regression, wedge: x_1, x_2 standard normal with correlation rho = cos psi, "
+            "s = sin psi",
+        )
+    )
+    steps.append(
+        Step(
+            "Sphere monomials",
+            " \\\\\n".join(_monomial_lines(k, chains[k], f"M_{{{i + 1}}}") for i, k in enumerate(keys)),
+            "Lemmas sphere_to_gaussian, gaussian_pair, chi_moment: y_j = sqrt(B) z_j/|z| with z ~ N(0, G) "
+            "independent of |z|, z_j = sqrt((B-1)/B) x_j; the Gaussian moment is taken at rho = -1/(B-1), "
+            "s = S_B/(B-1), psi = pi - theta_B",
+        )
+    )
+    steps.append(
+        Step(
+            "Closed form of the sphere integral",
+            equation_latex(name, _tidy(closed), name=name),
+            "sum of the above; S_B^2 = B(B-2)",
+        )
+    )
+    return steps
+
+
+def _monomial_lines(key: tuple, chain: tuple, name: str) -> str:
+    """E[sphere monomial] = factor * E[Gaussian monomial] = value, as gather* lines."""
+    factor, _, value = chain
+    gauss = monomial_latex(key, gaussian=True)
+    first = monomial_latex(key) + " = " + (gauss if factor == 1 else rf"{compact_latex(factor)}\,{gauss}")
+    value_poly = _reduce(sp.Poly(value, T_sym, S_sym, domain=sp.ZZ.frac_field(B, sp.pi)))
+    return first + " \\\\\n" + equation_latex(r"\qquad", _tidy(value_poly), name=name)
+
+
+def _tidy(poly: sp.Poly) -> sp.Expr:
+    """A polynomial in theta_B, S_B (over a fraction field) as one fraction with factored
+    coefficients, for display."""
+    num, den = _clear(poly, sp.Poly(1, T_sym, S_sym, domain=poly.domain))
+    return to_explicit(num) / to_explicit(den) if den != 1 else to_explicit(num)
 
 
 def _series_of_depth(q0: sp.Expr, c1: sp.Expr) -> tuple[sp.Expr, sp.Expr]:

@@ -239,3 +239,47 @@ def closed_form_expectation(f1: sp.Expr, f2: sp.Expr, hp: HalfPolynomial) -> sp.
 def to_explicit(expr: sp.Expr) -> sp.Expr:
     """Replace the working symbols theta_B, S_B by arccos(1/(B-1)) and sqrt(B(B-2))."""
     return expr.subs({T_sym: theta_B, S_sym: sp.sqrt(B * (B - 2))})
+
+
+# ---------------------------------------------------------------------------------------------
+# the intermediate results, for the derivation documents
+# ---------------------------------------------------------------------------------------------
+def monomial_expansion(f1: sp.Expr, f2: sp.Expr, hp: HalfPolynomial) -> list[tuple[sp.Expr, tuple]]:
+    """E[f1(y1) f2(y2)] = sum coeff * E[y1^k1 H(y1)^e1 y2^k2 H(y2)^e2] (phi = p + H q expanded).
+
+    Returns ``(coeff, (k1, e1, k2, e2))``, or ``(coeff, (k1, e1))`` when ``f2 == 1``; like terms
+    are collected. This is the expansion :func:`closed_form_expectation` sums.
+    """
+    dhp = hp.derivative()
+    h1 = _monomials(_half_poly_of(f1, hp, dhp))
+    out: dict[tuple, sp.Expr] = {}
+    if f2 == 1:
+        for c, k, e in h1:
+            out[(k, e)] = out.get((k, e), sp.S.Zero) + c
+    else:
+        for c1, k1, e1 in _monomials(_half_poly_of(f2, hp, dhp)):
+            for c, k, e in h1:
+                out[(k, e, k1, e1)] = out.get((k, e, k1, e1), sp.S.Zero) + c * c1
+    return [(sp.simplify(c), key) for key, c in out.items() if sp.simplify(c) != 0]
+
+
+def sphere_monomial_chain(key: tuple) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+    """For a sphere monomial E[y1^p H^e1 y2^q H^e2] (or E[y1^p H^e1]) with K = p + q:
+
+    ``(factor, standard, value)`` where factor = B^{K/2} ((B-1)/B)^{K/2} / E|z|^K (Lemmas
+    sphere_to_gaussian, gaussian_pair, chi_moment), ``standard`` is the moment of a standard
+    Gaussian pair with correlation rho = cos psi, s = sin psi (Lemmas half_moment, regression,
+    wedge) and ``value = factor * standard`` at rho = -1/(B-1), s = S_B/(B-1), psi = pi - theta_B.
+    """
+    if len(key) == 2:
+        p, e = key
+        K = p
+        std = half_moment(p) if e else full_moment(p)
+        value = sphere_single(p, e)
+    else:
+        p, e1, q, e2 = key
+        K = p + q
+        std = standard_pair_moment(p, e1, q, e2)
+        value = sphere_monomial(p, e1, q, e2)
+    factor = sp.simplify((B - 1) ** sp.Rational(K, 2) / _chi(K))
+    return factor, std, value

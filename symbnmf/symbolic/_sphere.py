@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from symbnmf.symbolic._algebra import B
+from symbnmf.symbolic._algebra import B, Label
 
 #: Placeholders of the coordinate functions: phi(u), phi'(u), u.
 PHI, DPHI, U = sp.symbols("Phi Phi' u")
@@ -105,7 +105,7 @@ def reduce_index_sum(terms: Sequence[IndexTerm], n: int) -> dict[Key, sp.Expr]:
             rest = [i for i, c in zip(idx, named_choice) if c is None]
             base = {i: c for i, c in zip(idx, named_choice) if c is not None}
             for part in _set_partitions(rest):
-                labels = dict(base)
+                labels: dict[int, Label] = dict(base)
                 for b, block in enumerate(part):
                     for i in block:
                         labels[i] = ("r", b)

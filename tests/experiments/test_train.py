@@ -112,7 +112,7 @@ def test_max_trainable_depth_brackets():
 
 
 def test_gradient_growth_identity_matches_published_rate():
-    """Identity + BN: lambda_down_G = (B-2)/(B-3) (theory.md anchor, Thm 3.9 equality case).
+    """Identity + BN: lambda_down_G = (B-2)/(B-3) (docs/theory.md anchor, Thm 3.9 equality case).
 
     Measured at width 64 in the training network at initialisation; tolerance: 4 bootstrap
     standard errors plus 2% for the O(1/N) finite-width bias.

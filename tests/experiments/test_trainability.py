@@ -43,7 +43,7 @@ def _is_png(path) -> bool:
 
 
 def test_predicted_depth_identity_matches_published_eigenvalue():
-    """Identity: lambda_down_G = (B-2)/(B-3) (theory.md), so 16 xi = 16/ln((B-2)/(B-3))."""
+    """Identity: lambda_down_G = (B-2)/(B-3) (docs/theory.md), so 16 xi = 16/ln((B-2)/(B-3))."""
     Bs = [4, 8, 16]
     pred = cmd.predicted_max_depth("identity", Bs, method="fast")
     for B, p in zip(Bs, pred):

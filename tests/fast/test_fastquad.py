@@ -63,7 +63,7 @@ def test_angular_rule_sums_to_one_and_splits_at_the_kink_rays():
 
 @pytest.mark.parametrize("B", [4, 5, 9, 40])
 def test_identity_is_exact(B):
-    """Identity: Sigma* = G (diag 1, offdiag -1/(B-1)); lambda_G-down = (B-2)/(B-3) (theory.md)."""
+    """Identity: Sigma* = G (diag 1, offdiag -1/(B-1)); lambda_G-down = (B-2)/(B-3) (docs/theory.md)."""
     out = FastEvaluator("identity")([B])
     assert abs(out["fixed_point.diag"][0] - 1) < 1e-13
     assert abs(out["fixed_point.offdiag"][0] + 1 / (B - 1)) < 1e-13

@@ -3,7 +3,7 @@
 Statistical tests are seeded (deterministic) and compare with |z| < 4, where the z-score uses
 the jackknife/sample standard error; finite-width biases (O(1/N)) are removed by fitting the
 measurements against 1/N and comparing the extrapolated intercept, not by widening tolerances.
-Anchors (theory.md, published): identity λ↓_G = (B-2)/(B-3); ReLU fixed point diag 1/2,
+Anchors (docs/theory.md, published): identity λ↓_G = (B-2)/(B-3); ReLU fixed point diag 1/2,
 offdiag J1(-1/(B-1))/2.
 """
 

@@ -26,7 +26,7 @@ assert jax.device_count() == 4, jax.devices()
 out = {}
 for dtype in ("float32", "float64"):
     r = simulate(**cfg, dtype=dtype)
-    out[dtype] = {"grad_x": r.grad_x.tolist(), "cov": r.cov.tolist(), "devices": r.summary["devices"]}
+    out[dtype] = {"grad_x": r.grad_x.tolist(), "stats": r.stats.tolist(), "devices": r.summary["devices"]}
 print(json.dumps(out))
 """
 
@@ -57,4 +57,4 @@ def test_four_devices_match_one_device(four_devices, dtype):
     # 10 networks are padded to 12 for 4 devices; network k's numbers depend only on (seed, k)
     rtol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(np.array(four["grad_x"]), one.grad_x, rtol=rtol)
-    np.testing.assert_allclose(np.array(four["cov"]), one.cov, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(np.array(four["stats"]), one.stats, rtol=rtol, atol=rtol)

@@ -54,7 +54,7 @@ def test_relu_anchors(relu):
     vals = [float(num(q["backward.G"], Bval)) for Bval in (4, 8, 16, 64, 256, 4096)]
     assert all(x > y for x, y in zip(vals, vals[1:]))
     assert vals[-1] > math.pi / (math.pi - 1)
-    assert vals[0] == pytest.approx(3.08, abs=0.01)  # theory.md: about 3.08 at B = 4
+    assert vals[0] == pytest.approx(3.08, abs=0.01)  # docs/theory.md: about 3.08 at B = 4
 
 
 def test_gradient_explosion_lower_bound(relu, identity):

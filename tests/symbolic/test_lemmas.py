@@ -87,7 +87,7 @@ def test_wedge_lemma(p, q, r):
 
 
 def test_wedge_reproduces_the_arccosine_kernel_anchor():
-    """E[relu(x1) relu(x2)] = J1(rho)/2 with J1(c) = (sqrt(1-c^2) + (pi - arccos c) c)/pi (theory.md)."""
+    """E[relu(x1) relu(x2)] = J1(rho)/2 with J1(c) = (sqrt(1-c^2) + (pi - arccos c) c)/pi (docs/theory.md)."""
     J1 = (s_ + (sp.pi - psi) * rho) / sp.pi
     assert sp.simplify(wedge(1, 1) - J1 / 2) == 0
     assert sp.simplify(wedge(0, 0) - (sp.pi - psi) / (2 * sp.pi)) == 0

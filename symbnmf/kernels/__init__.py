@@ -1,0 +1,10 @@
+"""Stage 6 — kernels: exact NNGP and NTK of wide batch-normalized networks on a given batch (issue 11), in JAX.
+Laplace method (Thm 3.2) with BN's ε, stax-like layer combinators whose apply_fn runs the finite network.
+May import: the base modules, symbolic, numeric, fast, the front door symbnmf._evaluate, montecarlo, JAX."""
+
+from symbnmf.kernels.nngp import KernelError as KernelError
+from symbnmf.kernels.nngp import MonteCarloKernel as MonteCarloKernel
+from symbnmf.kernels.nngp import batchnorm_nngp as batchnorm_nngp
+from symbnmf.kernels.nngp import batchnorm_ntk as batchnorm_ntk
+
+__all__ = ["KernelError", "MonteCarloKernel", "batchnorm_nngp", "batchnorm_ntk"]

@@ -1,0 +1,519 @@
+"""mpmath evaluation of the eps > 0 mean field theory (issue 12); definitions in
+:mod:`symbnmf.symbolic._epsilon` (read its docstring first).
+
+Structure of the computation (no closed form anywhere):
+
+1. Every sphere integral (a, b, Q_X, T_X, K_{X,k}) depends on the radial factor only through
+   tau = t^2 in [0, 1] and not on (mu, eps, sigma_w^2). For each tau node the integrals come from
+   the certified sphere quadrature (:func:`~symbnmf.numeric._quadrature.sphere_expectations`);
+   in tau they are represented by Chebyshev interpolants on Lobatto nodes (split where a kink of
+   phi(beta + gamma t y) leaves the sphere), refined by doubling until the interpolation error
+   (new nodes against the coarser interpolant) is below 10^(-dps+3); otherwise
+   :class:`ConvergenceError`. For positive-homogeneous phi of degree alpha at beta = 0 the
+   integrals separate exactly (a(tau) = gamma^(2 alpha) tau^alpha a(1), K(tau) ~ tau^(alpha-1)) and
+   only tau = 1 is computed.
+2. The r-integral: s = r^2 ~ chi^2_{B-1}, tau = mu s/(mu s + B eps), by mpmath tanh-sinh
+   quadrature with its error estimate checked.
+3. The fixed point: nonzero roots of F(mu)/mu = 1 found on a log grid and refined by bracketing
+   root finding (relative 1e-12); the collapsed fixed point mu = 0 always exists for eps > 0.
+
+The tables (step 1) are cached per (phi, gamma, beta, B, dps), so sweeps over (eps, sigma_w^2)
+cost one r-integral per point. Never imports JAX.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import mpmath
+import sympy as sp
+from mpmath import mp
+
+from symbnmf._conventions import check_batch_size
+from symbnmf._errors import ConvergenceError, SymbnmfError
+
+#: Default digits of the tau tables (doubles need ~15; the interpolation check targets dps - 3).
+DEFAULT_DPS = 16
+
+
+def check_bn_parameters(eps: Any, weight_var: Any, gamma: Any, beta: Any) -> tuple[Any, Any, Any, Any]:
+    """Validate (eps, sigma_w^2, gamma, beta): eps >= 0, sigma_w^2 > 0, gamma != 0, all finite.
+
+    Returns them as exact SymPy rationals (parsed from their decimal strings)."""
+    out = []
+    for name, flag, v in (
+        ("eps", "--eps", eps),
+        ("weight_var", "--weight-var", weight_var),
+        ("gamma", "--gamma", gamma),
+        ("beta", "--beta", beta),
+    ):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise SymbnmfError(f"{name} must be a number, got {v!r}; pass e.g. {flag} 0.1") from None
+        if not math.isfinite(f):
+            raise SymbnmfError(f"{name} must be finite, got {v!r}; pass e.g. {flag} 0.1")
+        out.append(sp.Rational(str(v)) if isinstance(v, (str, int)) else sp.Rational(repr(f)))
+    e, s, g, b = out
+    if e < 0:
+        raise SymbnmfError(f"eps must be >= 0 (BN divides by sqrt(var + eps)), got {eps!r}; pass e.g. --eps 1e-3")
+    if s <= 0:
+        raise SymbnmfError(f"weight_var (sigma_w^2) must be > 0, got {weight_var!r}; pass e.g. --weight-var 1")
+    if g == 0:
+        raise SymbnmfError("gamma = 0 makes every layer output constant; pass a nonzero --gamma (default 1)")
+    return e, s, g, b
+
+
+# ---------------------------------------------------------------------------------------------
+# Chebyshev interpolants in tau
+# ---------------------------------------------------------------------------------------------
+def _lobatto(lo: Any, hi: Any, n: int) -> list[Any]:
+    return [(lo + hi) / 2 + (hi - lo) / 2 * mpmath.cos(mp.pi * j / n) for j in range(n + 1)]
+
+
+def _cheb_coeffs(vals: Sequence[Any]) -> list[Any]:
+    n = len(vals) - 1
+    c = []
+    for k in range(n + 1):
+        s = mp.zero
+        for j, v in enumerate(vals):
+            w = mpmath.mpf(1) / 2 if j in (0, n) else 1
+            s += w * v * mpmath.cos(mp.pi * j * k / n)
+        c.append(2 * s / n)
+    c[0] /= 2
+    c[n] /= 2
+    return c
+
+
+def _clenshaw(c: Sequence[Any], x: Any) -> Any:
+    b1 = b2 = mp.zero
+    for ck in reversed(c[1:]):
+        b1, b2 = 2 * x * b1 - b2 + ck, b1
+    return x * b1 - b2 + c[0]
+
+
+@dataclass
+class _Piece:
+    lo: Any
+    hi: Any
+    coeffs: dict  # name -> Chebyshev coefficients
+
+    def x(self, tau: Any) -> Any:
+        return (2 * tau - self.lo - self.hi) / (self.hi - self.lo)
+
+
+@dataclass
+class TauTables:
+    """The tau-dependent sphere integrals of one (phi, gamma, beta, B) (module docstring)."""
+
+    B: int
+    dps: int
+    norm: dict
+    trace: dict
+    phi_beta: Any  # phi(beta): the collapsed fixed point is sigma_w^2 phi(beta)^2
+    m0: Any  # E[psi(y1)^2 - psi(y1) psi(y2)]: slope of (a - b)(tau) at tau = 0
+    homogeneous: Any = None  # (alpha, values at tau = 1) for the separable case
+    pieces: list = field(default_factory=list)
+    nodes_used: int = 0
+    interpolation_error: Any = 0
+
+    def value(self, name: str, tau: Any) -> Any:
+        """The integral ``name`` at tau in [0, 1] (inf when it diverges at tau = 0)."""
+        if self.homogeneous is not None:
+            alpha, vals = self.homogeneous
+            power = alpha - 1 if name.startswith("K.") else alpha
+            if tau == 0:
+                return mp.zero if power > 0 else (vals[name] if power == 0 else mp.inf)
+            return tau**power * vals[name]
+        for p in self.pieces:
+            if tau <= p.hi:
+                return _clenshaw(p.coeffs[name], p.x(tau))
+        return _clenshaw(self.pieces[-1].coeffs[name], self.pieces[-1].x(tau))
+
+    def slope0(self, name: str) -> Any:
+        """d/dtau of a phi-type integral at tau = 0+ (None when infinite)."""
+        if self.homogeneous is not None:
+            alpha, vals = self.homogeneous
+            return vals[name] if alpha == 1 else (mp.zero if alpha > 1 else None)
+        p = self.pieces[0]
+        c = p.coeffs[name]
+        return 2 / (p.hi - p.lo) * sum((-1) ** (k + 1) * k * k * c[k] for k in range(len(c)))
+
+
+def _rational(v: Any) -> sp.Rational:
+    man, exp = mpmath.mpf(v).man_exp
+    return sp.Rational(int(man)) * sp.Rational(2) ** int(exp)
+
+
+def _rational_or_float(e: sp.Expr, dps: int) -> Any:
+    e = sp.nsimplify(e) if e.is_Float else e
+    if e.is_Rational:
+        return mpmath.mpf(e.p) / e.q
+    return mpmath.mpf(str(sp.N(e, dps + 10)))
+
+
+@functools.lru_cache(maxsize=64)
+def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = DEFAULT_DPS) -> TauTables:
+    """Build (and cache) the :class:`TauTables` of phi(beta + gamma t y) at batch size B."""
+    from symbnmf._activations import _homogeneity, x
+    from symbnmf.numeric._quadrature import sphere_expectations
+    from symbnmf.symbolic._algebra import B as Bsym
+    from symbnmf.symbolic._epsilon import collapse_direction, concrete_terms, eps_integrals
+    from symbnmf.symbolic._sphere import y1, y2
+
+    Bv = check_batch_size(B)
+    ei = eps_integrals()
+    with mp.workdps(dps + 10):
+        norm = {X: mpmath.mpf(_rational_or_float(v.subs(Bsym, Bv), dps)) for X, v in ei.norm.items()}
+        trace = {X: mpmath.mpf(_rational_or_float(v.subs(Bsym, Bv), dps)) for X, v in ei.trace.items()}
+        phi_beta = mpmath.mpf(_rational_or_float(sp.sympify(phi.subs(x, beta)), dps))
+        try:
+            psi = collapse_direction(phi, x, gamma, beta)
+            m = sphere_expectations([(psi.subs(x, y1) ** 2, 1), (psi.subs(x, y1), psi.subs(x, y2))], Bv, dps + 2)
+            m0 = m[0] - m[1]
+        except ValueError:
+            psi, m0 = None, None
+        terms = {
+            name: tuple((sp.sympify(c).subs(Bsym, Bv), f1, f2) for c, f1, f2 in ts)
+            for name, ts in concrete_terms(phi, x, gamma, beta).items()
+        }
+        what = f"eps integrals of {phi} at B={Bv}"
+        alpha = _homogeneity(phi)
+        if alpha is not None and beta == 0 and gamma > 0:
+            vals = _values(terms, Bv, dps + 2, sp.Integer(1), what)
+            # phi(gamma t y) = t^alpha phi(gamma y): phi-type integrals scale as tau^alpha, the
+            # phi'-type (K) as tau^(alpha - 1); vals are the t = 1 values (gamma included)
+            a_mp = mpmath.mpf(_rational_or_float(sp.sympify(alpha), dps))
+            return TauTables(Bv, dps, norm, trace, phi_beta, m0, (a_mp, vals), [], 1)
+        # split tau at the points where a kink k of phi(beta + gamma t y) leaves the sphere
+        from symbnmf.numeric._quadrature import _exact_kinks
+
+        cuts = set()
+        for k in _exact_kinks(phi, x):
+            tc = sp.Abs((k - beta) / gamma) / sp.sqrt(Bv - 1)
+            tau_c = sp.nsimplify(tc**2)
+            if 0 < tau_c < 1:
+                cuts.add(tau_c)
+        edges = [sp.Integer(0), *sorted(cuts), sp.Integer(1)]
+        if any(sp.simplify(k - beta) == 0 for k in _exact_kinks(phi, x)):
+            raise SymbnmfError(
+                f"phi = {phi} has a kink at beta = {beta}: with eps > 0 this is supported only for positive-homogeneous "
+                "phi at beta = 0 (ReLU, leaky ReLU); shift --beta slightly"
+            )
+        pieces = []
+        used = 0
+        worst = mp.zero
+        tol = mpmath.mpf(10) ** (-(dps - 3))
+        for lo_s, hi_s in zip(edges[:-1], edges[1:]):
+            lo, hi = mpmath.mpf(_rational_or_float(lo_s, dps)), mpmath.mpf(_rational_or_float(hi_s, dps))
+            n = 8
+            nodes = _lobatto(lo, hi, n)
+            cache: dict = {}
+
+            def at(tau: Any, cache: dict = cache) -> dict:
+                key = mpmath.nstr(tau, dps + 5)
+                if key not in cache:
+                    cache[key] = _values(terms, Bv, dps + 2, _rational(mpmath.sqrt(tau)), what)
+                return cache[key]
+
+            vals = [at(tau) for tau in nodes]
+            coeffs = {name: _cheb_coeffs([v[name] for v in vals]) for name in terms}
+            while True:
+                fine = _lobatto(lo, hi, 2 * n)
+                new = [fine[j] for j in range(1, 2 * n, 2)]
+                newvals = [at(tau) for tau in new]
+                piece = _Piece(lo, hi, coeffs)
+                scale = max([abs(v[name]) for v in vals for name in terms] + [mpmath.mpf(1)])
+                err = max(
+                    abs(_clenshaw(coeffs[name], piece.x(tau)) - v[name])
+                    for tau, v in zip(new, newvals)
+                    for name in terms
+                )
+                allvals = [at(tau) for tau in fine]
+                coeffs = {name: _cheb_coeffs([v[name] for v in allvals]) for name in terms}
+                n *= 2
+                vals = allvals
+                if err <= tol * scale:
+                    break
+                if n >= 64:
+                    raise ConvergenceError(
+                        f"{what}: Chebyshev interpolation in tau on [{mpmath.nstr(lo, 5)}, {mpmath.nstr(hi, 5)}] "
+                        f"reached error {mpmath.nstr(err, 3)} > {mpmath.nstr(tol * scale, 3)} with {n + 1} nodes; "
+                        "lower --dps"
+                    )
+            worst = max(worst, err)
+            used += len(cache)
+            pieces.append(_Piece(lo, hi, coeffs))
+        return TauTables(Bv, dps, norm, trace, phi_beta, m0, None, pieces, used, worst)
+
+
+def _values(terms: dict, B: int, dps: int, t: sp.Expr, what: str) -> dict:
+    """All eps integrals (name -> mpf) at the radial factor t (an exact rational)."""
+    from symbnmf.numeric._quadrature import sphere_expectations
+    from symbnmf.symbolic._epsilon import T
+
+    def sub(f: Any) -> Any:
+        return sp.sympify(f).subs(T, t)
+
+    pairs: list[tuple[Any, Any]] = []
+    index: dict = {}
+    plan: dict = {}
+    for name, ts in terms.items():
+        plan[name] = []
+        for c, f1, f2 in ts:
+            key = (sub(f1), sub(f2))
+            if key[0] == 0 or key[1] == 0:
+                continue  # an identically zero integrand (e.g. phi(beta) = 0 at t = 0)
+            # constant factors (phi(beta) at t = 0) come out of the expectation
+            if not key[1].free_symbols and key[1] != 1:
+                c, key = c * key[1], (key[0], sp.S.One)
+            if not key[0].free_symbols and key[0] != 1:
+                c, key = c * key[0], (key[1], sp.S.One)
+            if key not in index:
+                index[key] = len(pairs)
+                pairs.append(key)
+            plan[name].append((c, index[key]))
+    vals = sphere_expectations(pairs, B, dps, what=what)
+    out = {}
+    for name, items in plan.items():
+        out[name] = sum((mpmath.mpf(_rational_or_float(sp.sympify(c), dps)) * vals[i] for c, i in items), mp.zero)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# r-integrals, fixed point, eigenvalues
+# ---------------------------------------------------------------------------------------------
+def chi2_expectation(f: Callable[[Any], Any], k: int, what: str = "chi-square expectation") -> Any:
+    """E f(s) for s ~ chi^2_k by tanh-sinh quadrature (error estimate checked)."""
+    half = mpmath.mpf(k) / 2
+    lognorm = -half * mpmath.log(2) - mpmath.loggamma(half)
+
+    def g(s: Any) -> Any:
+        if s == 0:
+            return mp.zero
+        return f(s) * mpmath.exp(lognorm + (half - 1) * mpmath.log(s) - s / 2)
+
+    m = mpmath.mpf(k)
+    sd = mpmath.sqrt(2 * m)
+    pts = [mp.zero, max(m - 3 * sd, m / 4), m, m + 3 * sd, m + 12 * sd + 20, mp.inf]
+    val, err = mpmath.quad(g, pts, error=True)
+    if not err <= mpmath.mpf(10) ** (-mp.dps + 6) * max(abs(val), 1):
+        raise ConvergenceError(f"{what} (chi^2_{k}) did not converge: error estimate {mpmath.nstr(err, 3)}")
+    return val
+
+
+@dataclass(frozen=True)
+class EpsSetting:
+    """BN with eps: eps >= 0, sigma_w^2 = weight_var > 0, x = phi(gamma BN(h) + beta)."""
+
+    eps: Any
+    weight_var: Any
+    gamma: Any = 1
+    beta: Any = 0
+
+
+def _tau(mu: Any, s: Any, Bv: int, eps: Any) -> Any:
+    return mu * s / (mu * s + Bv * eps)
+
+
+def fixed_point_map(tab: TauTables, setting: EpsSetting, mu: Any) -> Any:
+    """F(mu) = sigma_w^2 E_s[(a - b)(tau)]: mu of the next layer's pre-activations (Lemma eps_radial_split)."""
+    eps, sw = (
+        mpmath.mpf(_rational_or_float(setting.eps, mp.dps)),
+        mpmath.mpf(_rational_or_float(setting.weight_var, mp.dps)),
+    )
+    if eps == 0 or mu == mp.inf:
+        return sw * (tab.value("a", mp.one) - tab.value("b", mp.one))
+    return sw * chi2_expectation(
+        lambda s: tab.value("a", _tau(mu, s, tab.B, eps)) - tab.value("b", _tau(mu, s, tab.B, eps)), tab.B - 1
+    )
+
+
+def collapse_slope(tab: TauTables, setting: EpsSetting) -> Any:
+    """lim_{mu -> 0+} F(mu)/mu = sigma_w^2 (B-1)/(B eps) m0: the collapsed phase is linearly stable iff < 1."""
+    eps, sw = (
+        mpmath.mpf(_rational_or_float(setting.eps, mp.dps)),
+        mpmath.mpf(_rational_or_float(setting.weight_var, mp.dps)),
+    )
+    if tab.m0 is None:
+        return None
+    if eps == 0:
+        return mp.inf
+    return sw * (tab.B - 1) * tab.m0 / (tab.B * eps)
+
+
+def collapse_boundary_eps(tab: TauTables, weight_var: Any) -> Any:
+    """eps_c(sigma_w^2) = sigma_w^2 m0 (B-1)/B: mu = 0 loses stability for eps < eps_c."""
+    sw = mpmath.mpf(_rational_or_float(sp.sympify(weight_var), mp.dps))
+    return sw * tab.m0 * (tab.B - 1) / tab.B
+
+
+def solve_fixed_point(tab: TauTables, setting: EpsSetting, *, grid: int = 48) -> tuple[Any, list, str]:
+    """(mu*, all nonzero fixed points, phase). phase is "bsb1" (a stable nonzero mu* exists, the
+    largest one is returned) or "collapsed" (mu* = 0)."""
+    eps = mpmath.mpf(_rational_or_float(setting.eps, mp.dps))
+    sup = max(tab.value("a", tau) - tab.value("b", tau) for tau in [mpmath.mpf(j) / 16 for j in range(17)])
+    sw = mpmath.mpf(_rational_or_float(setting.weight_var, mp.dps))
+    if eps == 0:
+        mu = fixed_point_map(tab, setting, mp.one)
+        if not mu > 0:
+            raise SymbnmfError(
+                "phi(gamma y + beta) is constant on the BN sphere (mu* = 0): use a non-constant activation"
+            )
+        return mu, [mu], "bsb1"
+    hi = 4 * sw * max(sup, mpmath.mpf(10) ** -30)
+    lo = hi * mpmath.mpf(10) ** -14
+
+    def g(logmu: Any) -> Any:
+        mu = mpmath.exp(logmu)
+        return fixed_point_map(tab, setting, mu) / mu - 1
+
+    xs = [mpmath.log(lo) + (mpmath.log(hi) - mpmath.log(lo)) * j / (grid - 1) for j in range(grid)]
+    gs = [g(v) for v in xs]
+    roots = []
+    for (x0, g0), (x1, g1) in zip(zip(xs, gs), zip(xs[1:], gs[1:])):
+        if g0 == 0:
+            roots.append(mpmath.exp(x0))
+        elif g0 * g1 < 0:
+            r = mpmath.findroot(g, (x0, x1), solver="anderson", tol=mpmath.mpf(10) ** (-2 * mp.dps // 3))
+            roots.append(mpmath.exp(r))
+    stable = [r for r in roots if _map_slope(tab, setting, r) < 1]
+    if stable:
+        return max(stable), roots, "bsb1"
+    return mp.zero, roots, "collapsed"
+
+
+def _map_slope(tab: TauTables, setting: EpsSetting, mu: Any) -> Any:
+    h = mu * mpmath.mpf(10) ** (-mp.dps // 3)
+    return (fixed_point_map(tab, setting, mu + h) - fixed_point_map(tab, setting, mu - h)) / (2 * h)
+
+
+def eigenvalues(tab: TauTables, setting: EpsSetting, mu: Any) -> dict[str, Any]:
+    """Forward lambda_up_{G,L,M} and backward lambda_down_{G,L,M} at the fixed point mu (> 0), or
+    their mu -> 0+ limits at the collapsed fixed point mu = 0 (None where they diverge)."""
+    Bv = tab.B
+    eps = mpmath.mpf(_rational_or_float(setting.eps, mp.dps))
+    sw = mpmath.mpf(_rational_or_float(setting.weight_var, mp.dps))
+    out: dict[str, Any] = {}
+    if mu > 0:
+
+        def E(f: Callable[[Any, Any], Any]) -> Any:
+            if eps == 0:
+                return None
+            return chi2_expectation(lambda s: f(s, _tau(mu, s, Bv, eps)), Bv - 1)
+
+        for X in "GLM":
+            nrm, tr = tab.norm[X], tab.trace[X]
+            if eps == 0:
+                fw = ((Bv - 1) * tab.value(f"Q.{X}", mp.one) / Bv - tr * tab.value(f"T.{X}", mp.one)) / (2 * mu * nrm)
+                bw = Bv / ((Bv - 3) * mu) * sum(tab.value(f"K.{X}.{k}", mp.one) for k in range(3)) / nrm
+            else:
+                fw = E(lambda s, tau, X=X, tr=tr: s / Bv * tab.value(f"Q.{X}", tau) - tr * tab.value(f"T.{X}", tau)) / (
+                    2 * mu * nrm
+                )
+                bw = (
+                    E(
+                        lambda s, tau: (
+                            Bv / (mu * s + Bv * eps) * sum(tau**k * tab.value(f"K.{X}.{k}", tau) for k in range(3))
+                        )
+                    )
+                    / nrm
+                )
+            out[f"forward.{X}"] = sw * fw
+            out[f"backward.{X}"] = sw * bw
+        return out
+    for X in "GLM":
+        nrm, tr = tab.norm[X], tab.trace[X]
+        q, t = tab.slope0(f"Q.{X}"), tab.slope0(f"T.{X}")
+        fw = (
+            None
+            if q is None or t is None
+            else ((Bv - 1) * (Bv + 1) / Bv * q - tr * (Bv - 1) * t) / (2 * Bv * eps * nrm)
+        )
+        k0 = tab.value(f"K.{X}.0", mp.zero)
+        bw = None if k0 == mp.inf else k0 / (eps * nrm)
+        out[f"forward.{X}"] = None if fw is None else sw * fw
+        out[f"backward.{X}"] = None if bw is None else sw * bw
+    return out
+
+
+def evaluate_eps(
+    activation: Any,
+    B: int,
+    *,
+    eps: Any,
+    weight_var: Any = 1,
+    gamma: Any = 1,
+    beta: Any = 0,
+    dps: int | None = None,
+) -> dict[str, Any]:
+    """Every quantity of :data:`symbnmf.QUANTITIES` for BN with eps (issue 12), by mpmath.
+
+    Convention: h = W x + b, W ~ N(0, sigma_w^2/N) (sigma_w^2 = ``weight_var``), BN over the batch
+    with biased variance and ``eps``, x = phi(gamma BN(h) + beta); sigma_b^2 drops out (reported
+    at sigma_b^2 = 0). ``fixed_point.diag``/``offdiag`` are the pre-activation covariance entries
+    at the fixed point; ``forward.X``/``backward.X`` the eigenvalues of the covariance map and of
+    the gradient map on piece X (definitions in :mod:`symbnmf.symbolic._epsilon`);
+    ``depth_scale`` = 1/ln backward.G. ``_meta`` holds ``phase`` ("bsb1" | "collapsed"), ``mu``,
+    the collapse slope lim F(mu)/mu, the boundary eps_c(sigma_w^2), and a note. At eps = 0 the
+    values equal the eps = 0 theory times nothing: diag/offdiag scale with sigma_w^2, eigenvalues
+    do not depend on it.
+    """
+    from symbnmf._activations import get_activation
+
+    act = get_activation(activation)
+    act.require_bound()
+    e, s, g, b = check_bn_parameters(eps, weight_var, gamma, beta)
+    Bv = check_batch_size(B)
+    work = DEFAULT_DPS if dps is None else max(int(dps), 8)
+    setting = EpsSetting(e, s, g, b)
+    with mp.workdps(work + 6):
+        tab = tau_tables(act.bound_expr, g, b, Bv, work)
+        mu, roots, phase = solve_fixed_point(tab, setting)
+        out: dict[str, Any] = {}
+        sw = mpmath.mpf(_rational_or_float(s, mp.dps))
+        epsv = mpmath.mpf(_rational_or_float(e, mp.dps))
+        if phase == "bsb1":
+            if epsv == 0:
+                out["fixed_point.diag"] = sw * tab.value("a", mp.one)
+                out["fixed_point.offdiag"] = sw * tab.value("b", mp.one)
+            else:
+                out["fixed_point.diag"] = sw * chi2_expectation(lambda v: tab.value("a", _tau(mu, v, Bv, epsv)), Bv - 1)
+                out["fixed_point.offdiag"] = sw * chi2_expectation(
+                    lambda v: tab.value("b", _tau(mu, v, Bv, epsv)), Bv - 1
+                )
+            note = "BSB1 fixed point with eps: mu* = diag - offdiag solves mu = F(mu)"
+        else:
+            out["fixed_point.diag"] = out["fixed_point.offdiag"] = sw * tab.phi_beta**2
+            note = (
+                "collapsed phase: every pre-activation is equal across the batch (mu* = 0), x = phi(beta); "
+                "eigenvalues are the mu -> 0+ limits (null where they diverge or depend on the direction)"
+            )
+        out.update(eigenvalues(tab, setting, mu))
+        bg = out["backward.G"]
+        out["depth_scale"] = None if bg is None else (1 / mpmath.log(bg) if bg > 1 else mp.inf)
+        slope = collapse_slope(tab, setting)
+        out["_meta"] = {
+            "phase": phase,
+            "eps": float(e),
+            "weight_var": float(s),
+            "gamma": float(g),
+            "beta": float(b),
+            "mu": float(mu),
+            "nonzero_fixed_points": [float(r) for r in roots],
+            "collapse_slope": None if slope is None else float(slope),
+            "collapse_boundary_eps": None if tab.m0 is None else float(collapse_boundary_eps(tab, s)),
+            "note": note,
+            "tolerance": {
+                "double_relative": 1e-10,
+                "how": (
+                    f"mpmath sphere quadrature at {work + 2} digits, Chebyshev tables in tau (interpolation error "
+                    f"{mpmath.nstr(tab.interpolation_error, 2)}), tanh-sinh over chi^2_{{B-1}}"
+                ),
+            },
+        }
+    return out
