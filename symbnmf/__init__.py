@@ -69,6 +69,9 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "load_digits": ("symbnmf.experiments.train", "load_digits"),
     "train_network": ("symbnmf.experiments.train", "train_network"),
     "gradient_growth": ("symbnmf.experiments.train", "gradient_growth"),
+    "train_networks": ("symbnmf.experiments.train", "train_networks"),
+    "DynamicsConfig": ("symbnmf.experiments.dynamics", "DynamicsConfig"),
+    "measure_dynamics": ("symbnmf.experiments.dynamics", "measure_dynamics"),
     "predicted_max_depth": ("symbnmf.experiments.trainability", "predicted_max_depth"),
     "trainability_grid": ("symbnmf.experiments.trainability", "run_grid"),
 }
@@ -103,7 +106,15 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
         SymbnmfError,
     )
     from symbnmf._evaluate import evaluate
-    from symbnmf.experiments.train import TrainConfig, TrainResult, gradient_growth, load_digits, train_network
+    from symbnmf.experiments.dynamics import DynamicsConfig, measure_dynamics
+    from symbnmf.experiments.train import (
+        TrainConfig,
+        TrainResult,
+        gradient_growth,
+        load_digits,
+        train_network,
+        train_networks,
+    )
     from symbnmf.experiments.trainability import predicted_max_depth
     from symbnmf.experiments.trainability import run_grid as trainability_grid
     from symbnmf.fast import codegen

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -41,6 +42,9 @@ QUANTITIES = (
 )
 
 MIN_BATCH = 4
+#: Largest B the quadrature paths accept: their work grows with B, and beyond it every quantity
+#: is within O(1/B) of its Gaussian limit (:func:`symbnmf.numeric._limits.gaussian_limits`).
+MAX_QUADRATURE_BATCH = 10_000
 
 
 def check_batch_size(B: Any, *, minimum: int = MIN_BATCH, what: str = "the mean field formulas") -> int:
@@ -57,7 +61,9 @@ def check_batch_size(B: Any, *, minimum: int = MIN_BATCH, what: str = "the mean 
         try:
             f = float(B)
         except (TypeError, ValueError):
-            raise BatchSizeError(f"batch size must be an integer, got {B!r}") from None
+            raise BatchSizeError(f"batch size must be an integer, got {str(B)[:40]!r}") from None
+        if not math.isfinite(f):
+            raise BatchSizeError(f"batch size must be a finite integer, got {str(B)[:40]!r}")
         if not f.is_integer():
             raise BatchSizeError(
                 f"batch size must be an integer, got {B!r}; use e.g. --batch-size {max(minimum, round(f))}"

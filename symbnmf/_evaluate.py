@@ -102,10 +102,22 @@ def _to_str(dps: int) -> Callable[[Any], str]:
     return conv
 
 
+def _derivable(act: Activation) -> bool:
+    """Whether :func:`symbnmf.derive` succeeds (piecewise polynomials whose closed form needs
+    coefficients outside its field, e.g. ``relu(x) + 1``, go to quadrature)."""
+    from symbnmf.symbolic._derive import derive
+
+    try:
+        derive(act)
+    except NoClosedFormError:
+        return False
+    return True
+
+
 def resolve_method(act: Activation, method: str) -> str:
     """``auto`` -> closed-form when phi has one, else quadrature."""
     if method == "auto":
-        return "closed-form" if act.has_closed_form else "quadrature"
+        return "closed-form" if act.has_closed_form and _derivable(act) else "quadrature"
     if method not in METHODS:
         raise SymbnmfError(f"unknown method {method!r}; use one of auto, {', '.join(METHODS)}")
     if method == "closed-form" and not act.has_closed_form:
@@ -133,6 +145,7 @@ def evaluate(
     """
     act = get_activation(activation, **params)
     act.require_bound()
+    act.require_nondegenerate()
     Blist: Sequence[int] = [Bs] if isinstance(Bs, (int,)) else list(Bs)
     if not Blist:
         raise SymbnmfError("no batch size given; pass e.g. --batch-size 4 8 16")

@@ -149,7 +149,10 @@ def _rational(v: Any) -> sp.Rational:
     return sp.Rational(int(man)) * sp.Rational(2) ** int(exp)
 
 
-def _rational_or_float(e: sp.Expr, dps: int) -> Any:
+def _rational_or_float(e: Any, dps: int) -> Any:
+    if isinstance(e, (mpmath.mpf, int)):
+        return mpmath.mpf(e)
+    e = sp.sympify(e)
     e = sp.nsimplify(e) if e.is_Float else e
     if e.is_Rational:
         return mpmath.mpf(e.p) / e.q
@@ -417,7 +420,7 @@ def eigenvalues(tab: TauTables, setting: EpsSetting, mu: Any) -> dict[str, Any]:
                 )
                 bw = (
                     E(
-                        lambda s, tau: (
+                        lambda s, tau, X=X: (
                             Bv / (mu * s + Bv * eps) * sum(tau**k * tab.value(f"K.{X}.{k}", tau) for k in range(3))
                         )
                     )

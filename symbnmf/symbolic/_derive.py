@@ -298,6 +298,7 @@ def derive(activation: str | Activation, *, use_cache: bool = True, limits: bool
     at 0 (use ``symbnmf.evaluate(..., method="quadrature")`` for those).
     """
     act = get_activation(activation)
+    act.require_nondegenerate()
     memo_key = (_activation_key(act), limits)
     if use_cache and memo_key in _MEMO:
         return _MEMO[memo_key]
@@ -316,7 +317,16 @@ def derive(activation: str | Activation, *, use_cache: bool = True, limits: bool
         if cached is not None:
             _MEMO[memo_key] = cached
             return cached
-    d = _derive(act, hp, limits=limits)
+    try:
+        d = _derive(act, hp, limits=limits)
+    except (sp.polys.polyerrors.CoercionFailed, sp.polys.polyerrors.PolynomialError) as exc:
+        # e.g. relu(x) + 1 (odd half-moments bring Gamma-function ratios in B), E*x, sqrt(2) slopes:
+        # outside the coefficient field Q(B, pi, parameters) of the closed-form engine
+        raise NoClosedFormError(
+            f"activation {act.label[:80]!r} is piecewise polynomial but its closed form needs coefficients "
+            f"outside Q(B, pi, parameters) ({type(exc).__name__}); use the quadrature path: "
+            "`symbnmf eval ACT -B B` (auto) or evaluate(..., method='quadrature')"
+        ) from None
     if use_cache:
         _MEMO[memo_key] = d
     if cfile is not None:

@@ -7,6 +7,7 @@ import explicit as ex
 import mpmath
 import numpy as np
 import pytest
+import sympy as sp
 
 from symbnmf import evaluate
 from symbnmf._activations import get_activation
@@ -125,15 +126,16 @@ def test_collapse_smooth_phi_limits():
 
 def test_chi2_resolvent_lemma():
     R, (k, c) = chi2_resolvent()
-    for kv, cv in ((3, 0.7), (6, 2.5), (31, 0.01)):
-        exact = R.subs({k: kv, c: cv}).evalf(40)
+    for kv, cv in ((3, "0.7"), (6, "2.5"), (31, "0.01")):
+        exact = R.subs({k: kv, c: sp.Rational(cv)}).evalf(40)
         with mpmath.workdps(40):
-            half = mpmath.mpf(kv) / 2
+            half, cm = mpmath.mpf(kv) / 2, mpmath.mpf(cv)
+            norm = 2**half * mpmath.gamma(half)
             ref = mpmath.quad(
-                lambda s: s ** (half - 1) * mpmath.exp(-s / 2) / (s + cv) / (2**half * mpmath.gamma(half)),
+                lambda s, h=half, cm=cm, norm=norm: s ** (h - 1) * mpmath.exp(-s / 2) / (s + cm) / norm,
                 [0, kv, mpmath.inf],
             )
-        assert abs(mpmath.mpf(str(exact)) - ref) < mpmath.mpf(10) ** -30
+            assert abs(mpmath.mpf(str(exact)) - ref) < mpmath.mpf(10) ** -30
 
 
 @pytest.mark.parametrize(
