@@ -44,7 +44,7 @@ QUANTITIES = (
 MIN_BATCH = 4
 #: Largest B the quadrature paths accept: their work grows with B, and beyond it every quantity
 #: is within O(1/B) of its Gaussian limit (:func:`symbnmf.numeric._limits.gaussian_limits`).
-MAX_QUADRATURE_BATCH = 10_000
+MAX_QUADRATURE_BATCH = 100_000
 
 
 def check_batch_size(B: Any, *, minimum: int = MIN_BATCH, what: str = "the mean field formulas") -> int:
@@ -74,5 +74,18 @@ def check_batch_size(B: Any, *, minimum: int = MIN_BATCH, what: str = "the mean 
             f"batch size B={b} is outside the theory: {what} need B >= {minimum} "
             f"(App. J: B=2 gives zero gradients, B=3 is unproven); use B >= {minimum}"
             + (" or simulate small batches with `symbnmf simulate`" if minimum >= MIN_BATCH else "")
+        )
+    return b
+
+
+def check_quadrature_batch(B: int) -> int:
+    """``B`` checked for the quadrature paths (B <= :data:`MAX_QUADRATURE_BATCH`), else a
+    :class:`BatchSizeError` pointing to the closed forms and the Gaussian (B -> infinity) limits."""
+    b = check_batch_size(B)
+    if b > MAX_QUADRATURE_BATCH:
+        raise BatchSizeError(
+            f"B={b} is beyond the quadrature paths (B <= {MAX_QUADRATURE_BATCH}); at such B every quantity is "
+            "within O(1/B) of its Gaussian limit: use symbnmf.numeric.gaussian_limits(phi), or a closed form "
+            "(`symbnmf derive`) for piecewise-polynomial phi"
         )
     return b

@@ -18,6 +18,7 @@ merged into the record.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -88,8 +89,17 @@ def _group(values: dict[str, Any], conv: Callable[[Any], Any]) -> dict[str, Any]
 
 def _to_float(v: Any) -> float:
     if isinstance(v, mp.mpc) or (hasattr(v, "imag") and not isinstance(v, float) and v.imag != 0):
-        raise SymbnmfError(f"a quantity evaluated to a complex number ({v}); report this as a bug")
-    return float(v)
+        raise SymbnmfError(
+            f"a quantity evaluated to a complex number ({str(v)[:60]}): phi is not real on all of R "
+            "(e.g. sqrt(x) or log(x) for x < 0); use an activation defined on the whole real line"
+        )
+    f = float(v)
+    if not math.isfinite(f):
+        raise SymbnmfError(
+            f"a quantity evaluated to {f}: phi is not real or not finite on all of R (e.g. sqrt(x) or log(x) "
+            "for x <= 0), or the map is degenerate; use an activation defined on the whole real line"
+        )
+    return f
 
 
 def _to_str(dps: int) -> Callable[[Any], str]:
@@ -134,9 +144,18 @@ def evaluate(
     *,
     method: str = "auto",
     dps: int | None = None,
+    eps: float | None = None,
+    weight_var: float | None = None,
+    gamma: float | None = None,
+    beta: float | None = None,
     **params: Any,
 ) -> list[dict[str, Any]]:
     """Every mean-field quantity of ``activation`` at each batch size in ``Bs``.
+
+    BN with ``eps`` > 0, weight variance ``weight_var`` = sigma_w^2 and x = phi(``gamma`` BN(h) +
+    ``beta``) (issue 12; any of them given selects :func:`symbnmf.numeric._epsilon.evaluate_eps`,
+    mpmath only): records gain ``"phase"`` ("bsb1" | "collapsed"), ``"mu"`` and the collapse
+    boundary; ``fixed_point`` holds the pre-activation covariance entries (sigma_b^2 = 0).
 
     Conventions of ``docs/theory.md``; see the module docstring for the record schema.
     ``method``: ``auto`` (closed form when one exists, else quadrature), ``closed-form``,
@@ -152,6 +171,8 @@ def evaluate(
     Blist = [check_batch_size(b) for b in Blist]
     if dps is not None and (not isinstance(dps, int) or dps < 5 or dps > 10000):
         raise SymbnmfError(f"--dps must be an integer between 5 and 10000, got {dps!r}")
+    if not (eps is None and weight_var is None and gamma is None and beta is None):
+        return _evaluate_eps(act, Blist, method, dps, eps, weight_var, gamma, beta)
     m = resolve_method(act, method)
     backend = METHODS[m]
     out = []
@@ -162,6 +183,37 @@ def evaluate(
         rec.update(_group(vals, _to_float))
         if dps is not None:
             rec["mp"] = _group(vals, _to_str(dps))
+            rec["mp"]["dps"] = dps
+        rec.update(meta)
+        out.append(rec)
+    return out
+
+
+def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int | None, eps, weight_var, gamma, beta):
+    """Records of the eps > 0 theory (issue 12); ``None`` (JSON null) where a limit is undefined."""
+    from symbnmf.numeric._epsilon import evaluate_eps
+
+    if method not in ("auto", "quadrature"):
+        raise SymbnmfError(
+            f"method {method!r} is not available with --eps/--weight-var/--gamma/--beta yet; use --method quadrature"
+        )
+    out = []
+    for b in Blist:
+        vals = evaluate_eps(
+            act,
+            b,
+            eps=0 if eps is None else eps,
+            weight_var=1 if weight_var is None else weight_var,
+            gamma=1 if gamma is None else gamma,
+            beta=0 if beta is None else beta,
+            dps=dps,
+        )
+        meta = dict(vals.pop("_meta", {}) or {})
+        rec: dict[str, Any] = {"B": b, "method": "quadrature"}
+        rec.update(_group(vals, lambda v: None if v is None else _to_float(v)))
+        if dps is not None:
+            conv = _to_str(dps)
+            rec["mp"] = _group(vals, lambda v, conv=conv: None if v is None else conv(v))
             rec["mp"]["dps"] = dps
         rec.update(meta)
         out.append(rec)

@@ -32,6 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: closed form when phi has one, else certified mpmath quadrature",
     )
     p.add_argument("--fast", action="store_true", help="shorthand for --method fast (JAX Gauss quadrature)")
+    g = p.add_argument_group("BN with eps > 0 (issue 12; any of these selects the eps theory, mpmath)")
+    g.add_argument("--eps", default=None, metavar="E", help="BN epsilon >= 0 (default: the eps = 0 theory)")
+    g.add_argument("--weight-var", default=None, metavar="S", help="sigma_w^2 > 0 (default 1)")
+    g.add_argument("--gamma", default=None, metavar="g", help="BN scale gamma != 0 (default 1)")
+    g.add_argument("--beta", default=None, metavar="b", help="BN shift beta (default 0)")
     add_json_argument(p)
 
 
@@ -50,7 +55,8 @@ def _batch_sizes(items: list[str]) -> list:
 def run(args: argparse.Namespace) -> int:
     act = get_activation(args.activation, **parse_params(args.param))
     method = "fast" if args.fast else args.method
-    records = evaluate(act, _batch_sizes(args.batch_size), method=method, dps=args.dps)
+    bn = {k: getattr(args, k, None) for k in ("eps", "weight_var", "gamma", "beta")}
+    records = evaluate(act, _batch_sizes(args.batch_size), method=method, dps=args.dps, **bn)
     if args.json:
         print_json(evaluation_document(act, records))
         return 0
@@ -61,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
         for name in QUANTITIES:
             head, _, tail = name.partition(".")
             v = r[head][tail] if tail else r[head]
-            row.append(f"{v:.12g}")
+            row.append("null" if v is None else f"{v:.12g}")
         rows.append(row)
     lines += table(["B", *QUANTITIES], rows)
+    for r in records:
+        if "phase" in r:
+            lines += wrap(f"# B = {r['B']}: phase {r['phase']}, mu* = {r['mu']:.12g}; {r['note']}")
     for r in records:
         if "mp" in r:
             lines.append(f"# B = {r['B']}, {args.dps} digits:")

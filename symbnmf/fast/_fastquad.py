@@ -57,7 +57,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from symbnmf._conventions import QUANTITIES, check_batch_size
+from symbnmf._conventions import QUANTITIES, check_batch_size, check_quadrature_batch
 from symbnmf._errors import ActivationError, ConvergenceError, SymbnmfError
 from symbnmf.fast._jaxprint import jax_code, print_assignments
 
@@ -651,7 +651,7 @@ def evaluate_fast(activation: Any, B: int, dps: int | None = None) -> dict[str, 
         )
     act = get_activation(activation)
     act.require_bound()
-    Bv = check_batch_size(B)
+    Bv = check_quadrature_batch(B)
     vals = _cached_evaluator(act, None)(Bv)
     out: dict[str, Any] = {q: float(v) for q, v in vals.items()}
     if not math.isfinite(out["fixed_point.diag"]) or out["fixed_point.diag"] - out["fixed_point.offdiag"] == 0:

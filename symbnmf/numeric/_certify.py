@@ -22,7 +22,7 @@ import mpmath
 import sympy as sp
 from mpmath import mp
 
-from symbnmf._conventions import QUANTITIES, check_batch_size
+from symbnmf._conventions import QUANTITIES, check_quadrature_batch
 from symbnmf._errors import NoClosedFormError, SymbnmfError
 from symbnmf.numeric._quadrature import GUARD_DIGITS, evaluate_quadrature
 
@@ -137,7 +137,7 @@ def certify(activation: Any, B: int, dps: int = 50, *, forms: dict[str, sp.Expr]
     from symbnmf._activations import get_activation
 
     act = get_activation(activation)
-    Bv = check_batch_size(B)
+    Bv = check_quadrature_batch(B)
     if not isinstance(dps, int) or dps < 10:
         raise SymbnmfError(f"--dps must be an integer >= 10 to certify, got {dps!r}")
     forms = closed_forms(act) if forms is None else forms

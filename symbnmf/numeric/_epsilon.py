@@ -498,7 +498,8 @@ def evaluate_eps(
             )
         out.update(eigenvalues(tab, setting, mu))
         bg = out["backward.G"]
-        out["depth_scale"] = None if bg is None else (1 / mpmath.log(bg) if bg > 1 else mp.inf)
+        # no explosion (backward.G <= 1): no depth scale, reported as null
+        out["depth_scale"] = None if bg is None or bg <= 1 else 1 / mpmath.log(bg)
         slope = collapse_slope(tab, setting)
         out["_meta"] = {
             "phase": phase,

@@ -789,6 +789,9 @@ def evaluate_quadrature(
 def quadrature_backend(activation: Any, B: int, dps: int | None) -> dict[str, Any]:
     """``symbnmf.evaluate`` back end ``"quadrature"``: :func:`evaluate_quadrature` plus a
     ``_meta`` block stating the accuracy (doubles from 20-digit quadrature when ``dps`` is None)."""
+    from symbnmf._conventions import check_quadrature_batch
+
+    B = check_quadrature_batch(B)
     work = 20 if dps is None else max(int(dps), 20)
     vals: dict[str, Any] = dict(evaluate_quadrature(activation, B, work))
     vals["_meta"] = {
