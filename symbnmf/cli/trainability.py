@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, default=0.0, help="BN beta at initialisation")
     parser.add_argument("--eps", type=float, default=0.0, help="BN variance offset epsilon")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="networks per cell (default 1); >1 trains them batched and sharded over all JAX devices",
+    )
     parser.add_argument("--theory-method", default="auto", choices=["auto", "closed-form", "quadrature", "fast"])
     parser.add_argument("--output", default="trainability", help="output prefix: writes PREFIX.png and PREFIX.json")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         beta=args.beta,
         eps=args.eps,
         seed=args.seed,
+        seeds=args.seeds,
         theory_method=args.theory_method,
         progress=not args.json,
     )

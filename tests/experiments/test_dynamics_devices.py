@@ -26,18 +26,22 @@ pytestmark = pytest.mark.slow
 DYN = dict(depth=4, batch_size=8, width=16, steps=3, seeds=6, seed=5)
 TRAIN = dict(depth=2, batch_size=8, width=16, steps=20)
 SEEDS = [3, 4, 5, 6, 7]
+GRID = dict(depths=[2, 3], batch_sizes=[8], width=16, steps=10, seeds=3, theory_method="closed-form", progress=False)
 
 SCRIPT = """
 import json, sys, jax
 from symbnmf.experiments.dynamics import DynamicsConfig, measure_dynamics
 from symbnmf.experiments.train import TrainConfig, load_digits, train_networks
-dyn, train, seeds = json.loads(sys.argv[1])
+from symbnmf.experiments.trainability import run_grid
+dyn, train, seeds, grid = json.loads(sys.argv[1])
 assert jax.device_count() == 4, jax.devices()
 ds = load_digits()
 r = measure_dynamics(DynamicsConfig(**dyn), ds, theory_method=None)
 t = train_networks(ds, TrainConfig(**train), seeds)
+g = run_grid(**grid)
 print(json.dumps({"devices": r.devices, "records": {k: v.tolist() for k, v in r.records.items()},
-                  "acc": [x.test_accuracy for x in t], "loss": [x.final_loss for x in t]}))
+                  "acc": [x.test_accuracy for x in t], "loss": [x.final_loss for x in t],
+                  "grid": [g["accuracy"], g["accuracy_sd"], [x["final_loss"] for x in g["runs"]]]}))
 """
 
 
@@ -47,7 +51,7 @@ def four_devices():
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps([DYN, TRAIN, SEEDS])],
+        [sys.executable, "-c", SCRIPT, json.dumps([DYN, TRAIN, SEEDS, GRID])],
         env=env,
         capture_output=True,
         text=True,
@@ -79,3 +83,14 @@ def test_train_networks_four_devices_match_one_device_and_train_network(four_dev
     single = train_network(ds, TrainConfig(**TRAIN, seed=SEEDS[1]))
     assert abs(single.final_loss - one[1].final_loss) < 1e-4 * max(1.0, abs(single.final_loss))
     assert abs(single.test_accuracy - one[1].test_accuracy) <= 1.5 / len(ds.y_test)
+
+
+def test_trainability_grid_four_devices_match_one_device(four_devices):
+    """The trainability grid's seeds are sharded too: same per-network losses on 1 and 4 devices."""
+    from symbnmf.experiments.trainability import run_grid
+
+    g = run_grid(**GRID)
+    acc, sd, losses = four_devices["grid"]
+    np.testing.assert_allclose(losses, [x["final_loss"] for x in g["runs"]], rtol=1e-5)
+    np.testing.assert_allclose(acc, g["accuracy"], atol=1.5 / g["n_test"])
+    np.testing.assert_allclose(sd, g["accuracy_sd"], atol=1.5 / g["n_test"])

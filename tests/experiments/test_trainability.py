@@ -111,3 +111,21 @@ def test_cli_eps_has_no_theory(tmp_path, capsys):
 def test_small_batch_reason_is_reported():
     recs, _, reason = cmd.theory_records("relu", [3])
     assert recs == [None] and "B >= 4" in reason
+
+
+def test_grid_with_several_seeds_averages_the_networks_of_a_cell():
+    """seeds > 1: networks trained together (train_networks), cell accuracy = their mean."""
+    import numpy as np
+
+    g = symbnmf.trainability_grid([2], [8], width=16, steps=10, seeds=3, theory_method="closed-form", progress=False)
+    assert len(g["runs"]) == 3 and g["settings"]["seeds"] == 3
+    accs = [r["test_accuracy"] for r in g["runs"]]
+    assert g["accuracy"][0][0] == pytest.approx(np.mean(accs), abs=1e-4)
+    assert g["accuracy_sd"][0][0] == pytest.approx(np.std(accs, ddof=1), abs=1e-4)
+    assert len({r["seed"] for r in g["runs"]}) == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_grid_rejects_bad_seed_counts(bad):
+    with pytest.raises(symbnmf.SymbnmfError, match="seeds must be a positive integer"):
+        symbnmf.trainability_grid([2], [8], width=16, steps=2, seeds=bad, progress=False)
