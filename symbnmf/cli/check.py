@@ -20,6 +20,17 @@ DEFAULT_ACTIVATIONS = ("identity", "relu", "leaky_relu(0.1)")
 DEFAULT_BATCH_SIZES = (4, 5, 8, 16, 64)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--jobs 0`` is refused, not silently read as 'all cores')."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "activation",
@@ -46,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--jobs",
         "-j",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="N",
         help="worker processes (default: number of CPU cores, at most one per task)",

@@ -67,6 +67,8 @@ def _params(items: list[str]) -> dict[str, float]:
         name, sep, val = it.partition("=")
         if not sep or not name.strip():
             raise SymbnmfError(f"--param expects NAME=VALUE, got {it!r}; e.g. --param a=0.1")
+        if name.strip() in out:
+            raise SymbnmfError(f"--param {name.strip()} given twice; give each parameter once")
         try:
             out[name.strip()] = float(val)
         except ValueError:
@@ -140,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         th = "n/a" if e["theory"] is None else f"{e['theory']:.6g}"
         z = "" if e["z"] is None else f"  z = {e['z']:+.2f}"
         se = "n/a" if e["stderr"] is None else f"{e['stderr']:.2g}"
-        return f"  {name:22s} {e['measured']:.6g} ± {se}   theory {th}{z}"
+        ms = "n/a" if e["measured"] is None else f"{e['measured']:.6g}"
+        return f"  {name:22s} {ms} ± {se}   theory {th}{z}"
 
     if "gradient_rate" in s:
         print(line("gradient rate", s["gradient_rate"]))

@@ -41,10 +41,12 @@ def parse_params(items: list[str]) -> dict[str, Any]:
             raise SymbnmfError(f"--param expects NAME=VALUE, got {item!r}; e.g. --param g=0.5")
         k, v = item.split("=", 1)
         k = k.strip()
+        if k in out:
+            raise SymbnmfError(f"--param {shorten(k)} given twice; give each parameter once")
         try:
             float(v)
         except ValueError:
-            raise SymbnmfError(f"--param {k}: value must be a number, got {v!r}") from None
+            raise SymbnmfError(f"--param {shorten(k)}: value must be a number, got {shorten(v)!r}") from None
         out[k] = v.strip()
     return out
 

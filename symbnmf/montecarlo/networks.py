@@ -301,6 +301,7 @@ def simulate(
         raise MonteCarloError(f"memory budget must be a positive number of bytes, got {memory_bytes!r}")
     n_dev = len(devices) if devices is not None else jax.device_count()
     plan = plan_chunks(cfg, K, memory_bytes=memory_bytes, devices=n_dev)
+    _check_memory(plan.peak_bytes, B, N, L, K)
     with jax.enable_x64(dtype == "float64"):
         raw = run_networks(
             cfg, phi, int(seed), K, chunk=chunk, memory_bytes=memory_bytes, progress=progress, devices=devices
@@ -415,3 +416,16 @@ def _summarize(res: SimulationResult, lo: int, hi: int) -> dict[str, Any]:
         "theory": {"L": _f(fwd.get("L")), "M": _f(fwd.get("M"))} if rec else None,
     }
     return out
+
+
+def _check_memory(peak: int, B: int, N: int, L: int, K: int) -> None:
+    """Refuse, before starting, a simulation whose estimated peak memory exceeds the available RAM
+    (instead of an out-of-memory traceback or an abort inside XLA)."""
+    from symbnmf.montecarlo.run import available_memory
+
+    avail = available_memory()
+    if peak > avail:
+        raise MonteCarloError(
+            f"this simulation needs about {peak / 2**30:.3g} GiB of memory (B={B}, N={N}, L={L}, K={K}), more than "
+            f"the {avail / 2**30:.3g} GiB available; reduce --batch-size, --width, --depth or --networks"
+        )

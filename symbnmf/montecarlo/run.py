@@ -221,8 +221,8 @@ def bytes_per_network(cfg: NetConfig) -> int:
     return _item(cfg) * n + output_bytes_per_network(cfg)
 
 
-def default_memory_budget() -> int:
-    """A quarter of the available RAM (``MemAvailable``), at most 1 GiB, at least 64 MiB."""
+def available_memory() -> int:
+    """Bytes of RAM available to this process now (``MemAvailable``; 4 GiB if unknown)."""
     avail = None
     try:
         with open("/proc/meminfo") as fh:
@@ -237,7 +237,12 @@ def default_memory_budget() -> int:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             avail = 4 << 30
-    return int(min(1 << 30, max(64 << 20, avail // 4)))
+    return int(avail)
+
+
+def default_memory_budget() -> int:
+    """A quarter of the available RAM (``MemAvailable``), at most 1 GiB, at least 64 MiB."""
+    return int(min(1 << 30, max(64 << 20, available_memory() // 4)))
 
 
 def _bucket(n: int) -> int:
