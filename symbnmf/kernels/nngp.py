@@ -193,13 +193,14 @@ def _log_decay(u: Any, lam: Any, beps: Any) -> Any:
 def _rule_geometry(lam: Any, beps: Any, beta_min: float) -> tuple[Any, Any]:
     """(u_m, w) of the map u = u_m + w sinh(t), t ∈ [−T, T].
 
-    Features of the integrand in u = log s sit at u_k = −log(2λ_k + Bε) and at −log(Bε); they are
-    resolved by the central part |t| ≤ 1 of the map. The integrand is below 1e-16 of its size
-    beyond u_b (where det^{−1/2} e^{−sBε} < e^{−37}, found by bisection) and left of u_a − 37/β.
+    The integrand in u = log s rises like e^{βu} up to u_a = −log(2 tr Σ_G + Bε), then falls at the
+    scales −log(2λ_k + Bε) and where e^{−sBε} cuts off; it is below 1e-16 of its size beyond u_b
+    (det^{−1/2} e^{−sBε} < e^{−37}, found by bisection) and left of u_a − 37/β. The central part
+    |t| ≤ 1 of the map covers [u_a − 1, u_hi + 1]; the sinh tails reach both cut-offs.
     """
     lmax = jnp.max(lam)
     lmin = jnp.min(jnp.where(lam > 0, lam, lmax))
-    u_a = -jnp.log(2.0 * lmax + beps)
+    u_a = -jnp.log(2.0 * jnp.sum(lam) + beps)  # det^{−1/2} e^{−sBε} ≈ e^{−s(tr Σ_G + Bε)} starts to fall here
     lo, hi = u_a, u_a + 120.0
 
     def bisect(_: int, bounds: Any) -> Any:
@@ -209,7 +210,7 @@ def _rule_geometry(lam: Any, beps: Any, beta_min: float) -> tuple[Any, Any]:
         return jnp.where(small, a, mid), jnp.where(small, mid, b)
 
     _, u_b = jax.lax.fori_loop(0, 40, bisect, (lo, hi))
-    u_eps = jnp.where(beps > 0, -jnp.log(jnp.where(beps > 0, beps, 1.0)), -jnp.inf)
+    u_eps = jnp.where(beps > 0, 3.7 - jnp.log(jnp.where(beps > 0, beps, 1.0)), -jnp.inf)  # e^{−sBε} = e^{−40}
     u_hi = jnp.minimum(u_b, jnp.maximum(-jnp.log(2.0 * lmin + beps), u_eps)) + 1.0
     u_lo = u_a - 1.0
     u_m = 0.5 * (u_lo + u_hi)
