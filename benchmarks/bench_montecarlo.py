@@ -1,18 +1,25 @@
-"""Benchmark: Monte Carlo of batch-normalized networks, forward + backward, three ways, one run.
+"""Benchmark: Monte Carlo of batch-normalized networks, forward + backward, measured interleaved.
 
-* ``numpy``: plain numpy, dense N×N Gaussian weights drawn per layer, hand-written backprop.
-* ``naive JAX``: dense Gaussian weights drawn per layer inside ``lax.scan``, ``jax.grad``,
-  vmapped over networks, jit-compiled (bound by random-number generation).
-* ``symbnmf fast``: :func:`symbnmf.montecarlo.run.run_networks` with the exact O(N·B²) Gaussian
-  sampler (same law; custom-VJP layer; per-layer gradient norms recorded by ``jax.grad``).
+Implementations (all: ReLU, BN eps = 0, float32, i.i.d. input, random linear readout, every
+network's ‖∂loss/∂x^l‖² at every layer):
 
-All three compute, for every network, ‖∂loss/∂x^l‖² at every layer for a random linear readout.
-Times are wall-clock medians of ``--repeat`` warm runs (JAX compilation excluded, reported apart
-as the first call; numpy is timed once);
-the ratios printed are between times measured in this same run.  The fitted gradient growth
-rates of the three are printed too, as a check that they simulate the same thing.
+* ``symbnmf``: :func:`symbnmf.montecarlo.run.run_networks`, the exact O(N·B²) Gaussian sampler
+  (custom-VJP layer, vmapped calls of a fixed width, ``jax.grad``).
+* ``numpy low-rank`` (the fair baseline): the same exact sampler in plain numpy
+  (``benchmarks/lowrank_numpy.py``).
+* context, slower algorithms: ``numpy dense`` (N×N weights per layer, hand-written backprop) and
+  ``naive JAX`` (dense weights in ``lax.scan``, ``jax.grad``, vmapped, jit).
+* ``--prng``: symbnmf with JAX's ``rbg`` and ``unsafe_rbg`` PRNGs beside the default threefry
+  (the law is unchanged: standard normals either way).
 
-    python benchmarks/bench_montecarlo.py            # N=512, B=8, L=50, 100 networks, float32
+Timing: after one warm-up call each (JAX compilation, reported apart as ``first call``), the
+implementations run in rounds A B C A B C ... (``--repeat`` rounds; slow context ones only in the
+first ``--repeat-slow`` rounds), so machine-load drifts hit all of them alike.  Reported: median
+and min wall time and median CPU time (process time: all threads), and the ratio of medians to
+``symbnmf`` (goals are judged on these ratios, never on absolute seconds).  The fitted gradient
+growth rates are printed as a check that all simulate the same thing.
+
+    python benchmarks/bench_montecarlo.py            # N=512, B=8, L=50, 100 networks
     python benchmarks/bench_montecarlo.py --quick    # small, for a smoke test
 """
 
@@ -27,10 +34,13 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from lowrank_numpy import lowrank_networks
 
-def numpy_networks(N: int, B: int, L: int, K: int, seed: int) -> np.ndarray:
+
+def numpy_dense(N: int, B: int, L: int, K: int, seed: int) -> np.ndarray:
     """(K, L+1) squared gradient norms, dense float32 numpy, ReLU, BN (eps = 0)."""
     rng = np.random.default_rng(seed)
     out = np.empty((K, L + 1))
@@ -38,21 +48,20 @@ def numpy_networks(N: int, B: int, L: int, K: int, seed: int) -> np.ndarray:
     for k in range(K):
         x = rng.standard_normal((N, B), dtype=np.float32)
         R = rng.standard_normal((N, B), dtype=np.float32)
-        Ws, ys, sds, pre = [], [], [], []
+        Ws, ys, sds = [], [], []
         for _ in range(L):
             W = rng.standard_normal((N, N), dtype=np.float32) * scale
             h = W @ x
             c = h - h.mean(1, keepdims=True)
             sd = np.sqrt((c * c).mean(1, keepdims=True))
             y = c / sd
-            Ws.append(W), ys.append(y), sds.append(sd), pre.append(y)
+            Ws.append(W), ys.append(y), sds.append(sd)
             x = np.maximum(y, 0)
         g = R
         out[k, L] = float(np.sum(g * g))
         for l in range(L - 1, -1, -1):
-            gy = g * (pre[l] > 0)
             y, sd = ys[l], sds[l]
-            # d/dh of (h - mean)/sd: (gy - mean(gy) - y * mean(gy * y)) / sd
+            gy = g * (y > 0)
             gh = (gy - gy.mean(1, keepdims=True) - y * (gy * y).mean(1, keepdims=True)) / sd
             g = Ws[l].T @ gh
             out[k, l] = float(np.sum(g * g))
@@ -85,27 +94,19 @@ def naive_jax(N: int, B: int, L: int):
     return lambda K, seed: np.asarray(f(jax.random.split(jax.random.key(seed), K)))
 
 
-def fast_jax(N: int, B: int, L: int):
+def symbnmf_fast(N: int, B: int, L: int, prng: str = "threefry2x32"):
     import symbnmf
     from symbnmf.montecarlo.run import NetConfig, run_networks
 
     phi = symbnmf.get_activation("relu").numeric("jax")
-    cfg = NetConfig(N, B, L, 0, "fast", "gaussian", "float32", 1.0, 0.0, 0.0, 0.0, "iid", True, "relu")
+    cfg = NetConfig(N, B, L, 0, "fast", "gaussian", "float32", 1.0, 0.0, 0.0, 0.0, "iid", True, "relu", prng=prng)
     return lambda K, seed: run_networks(cfg, phi, seed, K)["grad_x"]
 
 
-def timed(fn, repeat: int, warmup: bool = True) -> tuple[float | None, list[float], np.ndarray]:
-    first = None
-    if warmup:
-        t0 = time.perf_counter()
-        out = fn(0)  # warm-up (compilation for JAX)
-        first = time.perf_counter() - t0
-    times = []
-    for r in range(repeat):
-        t0 = time.perf_counter()
-        out = fn(r + 1)
-        times.append(time.perf_counter() - t0)
-    return first, times, out
+def _clock(fn, seed: int) -> tuple[float, float, np.ndarray]:
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn(seed)
+    return time.perf_counter() - w0, time.process_time() - c0, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,31 +115,53 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", "-B", type=int, default=8)
     p.add_argument("--depth", "-L", type=int, default=50)
     p.add_argument("--networks", "-K", type=int, default=100)
-    p.add_argument("--repeat", type=int, default=5, help="timed warm runs of the fast simulator (default 5)")
-    p.add_argument("--repeat-slow", type=int, default=1, help="timed warm runs of the naive JAX one (default 1)")
-    p.add_argument("--skip-numpy", action="store_true")
-    p.add_argument("--quick", action="store_true", help="N=128, L=10, K=20, one repeat")
+    p.add_argument("--repeat", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--repeat-slow", type=int, default=1, help="rounds that include the dense context ones (default 1)")
+    p.add_argument("--skip-dense", action="store_true", help="leave out numpy dense and naive JAX")
+    p.add_argument("--prng", action="store_true", help="also time symbnmf with the rbg and unsafe_rbg PRNGs")
+    p.add_argument("--quick", action="store_true", help="N=128, L=10, K=20, two rounds")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = p.parse_args(argv)
     if a.quick:
-        a.width, a.depth, a.networks, a.repeat, a.repeat_slow = 128, 10, 20, 1, 1
+        a.width, a.depth, a.networks, a.repeat, a.repeat_slow = 128, 10, 20, 2, 1
     import jax
 
     from symbnmf.montecarlo.stats import fit_rate
 
     N, B, L, K = a.width, a.batch_size, a.depth, a.networks
-    impls = {"symbnmf fast": fast_jax(N, B, L), "naive JAX": naive_jax(N, B, L)}
-    rows = {}
-    reps = {"symbnmf fast": a.repeat, "naive JAX": a.repeat_slow}
-    for name, f in impls.items():
-        first, times, out = timed(lambda s, f=f: f(K, s), reps[name])
-        rows[name] = {"median_s": statistics.median(times), "times_s": times, "first_call_s": first, "grad": out}
-    if not a.skip_numpy:
-        first, times, out = timed(lambda s: numpy_networks(N, B, L, K, s), 1, warmup=False)  # nothing to warm up
-        rows["numpy"] = {"median_s": statistics.median(times), "times_s": times, "first_call_s": first, "grad": out}
+    impls = {"symbnmf": symbnmf_fast(N, B, L), "numpy low-rank": lambda K, s: lowrank_networks(N, B, L, K, s)}
+    slow = set()
+    if a.prng:
+        impls["symbnmf rbg"] = symbnmf_fast(N, B, L, "rbg")
+        impls["symbnmf unsafe_rbg"] = symbnmf_fast(N, B, L, "unsafe_rbg")
+    if not a.skip_dense:
+        impls["numpy dense"] = lambda K, s: numpy_dense(N, B, L, K, s)
+        impls["naive JAX"] = naive_jax(N, B, L)
+        slow = {"numpy dense", "naive JAX"}
+    rows: dict[str, dict] = {}
+    for name, f in impls.items():  # warm-up: compilation for the JAX ones
+        wall, cpu, out = (
+            _clock(lambda s, f=f: f(K, s), 0)
+            if name not in ("numpy low-rank", "numpy dense")
+            else (
+                None,
+                None,
+                None,
+            )
+        )
+        rows[name] = {"first_call_s": wall, "wall": [], "cpu": [], "grad": out}
+    for r in range(a.repeat):
+        for name, f in impls.items():
+            if name in slow and r >= a.repeat_slow:
+                continue
+            wall, cpu, out = _clock(lambda s, f=f: f(K, s), r + 1)
+            rows[name]["wall"].append(wall)
+            rows[name]["cpu"].append(cpu)
+            rows[name]["grad"] = out
     lo, hi = max(1, L // 10), L - max(1, L // 10)
-    fast_t = rows["symbnmf fast"]["median_s"]
-    result = {
+    base = statistics.median(rows["symbnmf"]["wall"])
+    base_cpu = statistics.median(rows["symbnmf"]["cpu"])
+    result: dict = {
         "config": {
             "width": N,
             "batch_size": B,
@@ -148,18 +171,22 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": "float32",
             "forward_and_backward": True,
             "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(),
             "devices": [str(d) for d in jax.devices()],
         },
         "implementations": {},
     }
     for name, r in rows.items():
         fit = fit_rate(r["grad"], lo, hi)
+        med, cpu = statistics.median(r["wall"]), statistics.median(r["cpu"])
         result["implementations"][name] = {
-            "median_s": r["median_s"],
-            "min_s": min(r["times_s"]),
-            "times_s": r["times_s"],
+            "runs": len(r["wall"]),
+            "median_s": med,
+            "min_s": min(r["wall"]),
+            "median_cpu_s": cpu,
             "first_call_s": r["first_call_s"],
-            "ratio_to_fast": r["median_s"] / fast_t,
+            "ratio_to_symbnmf": med / base,
+            "cpu_ratio_to_symbnmf": cpu / base_cpu,
             "gradient_rate": fit.rate,
             "gradient_rate_stderr": fit.stderr,
         }
@@ -168,18 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     c = result["config"]
     print(
-        f"forward + backward, relu, N={N} B={B} L={L} networks={K}, float32, {c['cpu_count']} CPUs, {len(c['devices'])} JAX device(s)"
+        f"forward + backward, relu, N={N} B={B} L={L} networks={K}, float32, {c['cpu_count']} CPUs, "
+        f"load average {c['load_average'][0]:.1f}, {len(c['devices'])} JAX device(s); interleaved rounds"
     )
     print(
-        f"ratios 'x fast' are medians over the fast simulator's median; runs: fast {a.repeat}, naive JAX {a.repeat_slow}, numpy 1"
-    )
-    print(
-        f"{'implementation':16s} {'median s':>10s} {'min s':>8s} {'first call s':>13s} {'x fast':>8s}   gradient rate (jackknife se)"
+        f"{'implementation':20s} {'runs':>4s} {'median s':>9s} {'min s':>7s} {'cpu s':>7s} {'first s':>8s} "
+        f"{'x symbnmf':>9s} {'cpu x':>6s}   gradient rate (jackknife se)"
     )
     for name, r in result["implementations"].items():
-        first = "—" if r["first_call_s"] is None else f"{r['first_call_s']:.2f}"
+        first = "-" if r["first_call_s"] is None else f"{r['first_call_s']:.2f}"
         print(
-            f"{name:16s} {r['median_s']:10.3f} {r['min_s']:8.3f} {first:>13s} {r['ratio_to_fast']:8.1f}   "
+            f"{name:20s} {r['runs']:4d} {r['median_s']:9.3f} {r['min_s']:7.3f} {r['median_cpu_s']:7.3f} {first:>8s} "
+            f"{r['ratio_to_symbnmf']:9.2f} {r['cpu_ratio_to_symbnmf']:6.2f}   "
             f"{r['gradient_rate']:.4f} ± {r['gradient_rate_stderr']:.4f}"
         )
     return 0

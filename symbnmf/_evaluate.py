@@ -153,8 +153,9 @@ def evaluate(
     """Every mean-field quantity of ``activation`` at each batch size in ``Bs``.
 
     BN with ``eps`` > 0, weight variance ``weight_var`` = sigma_w^2 and x = phi(``gamma`` BN(h) +
-    ``beta``) (issue 12; any of them given selects :func:`symbnmf.numeric._epsilon.evaluate_eps`,
-    mpmath only): records gain ``"phase"`` ("bsb1" | "collapsed"), ``"mu"`` and the collapse
+    ``beta``) (issue 12; any of them given selects the eps theory: the closed forms of
+    :func:`symbnmf.derive_eps` for identity/ReLU/leaky ReLU with eps > 0, beta = 0, gamma > 0 when
+    ``method`` is auto or closed-form, else :func:`symbnmf.evaluate_eps`, mpmath): records gain ``"phase"`` ("bsb1" | "collapsed"), ``"mu"`` and the collapse
     boundary; ``fixed_point`` holds the pre-activation covariance entries (sigma_b^2 = 0).
 
     Conventions of ``docs/theory.md``; see the module docstring for the record schema.
@@ -175,6 +176,10 @@ def evaluate(
         return _evaluate_eps(act, Blist, method, dps, eps, weight_var, gamma, beta)
     m = resolve_method(act, method)
     backend = METHODS[m]
+    if m == "fast" and len(Blist) > 1:  # one vectorised JAX call for every B (issue 14)
+        from symbnmf.fast._fastquad import prefetch_fast
+
+        prefetch_fast(act, Blist)
     out = []
     for b in Blist:
         vals = backend(act, b, dps)
@@ -193,13 +198,33 @@ def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int |
     """Records of the eps > 0 theory (issue 12); ``None`` (JSON null) where a limit is undefined."""
     from symbnmf.numeric._epsilon import evaluate_eps
 
-    if method not in ("auto", "quadrature"):
+    if method not in ("auto", "quadrature", "closed-form"):
         raise SymbnmfError(
             f"method {method!r} is not available with --eps/--weight-var/--gamma/--beta yet; use --method quadrature"
         )
+    backend, used = evaluate_eps, "quadrature"
+    if method in ("auto", "closed-form"):
+        # eps > 0, identity/relu/leaky_relu at beta = 0, gamma > 0: closed forms (symbnmf.derive_eps)
+        from symbnmf.numeric._epsforms import closed_form_eps
+        from symbnmf.symbolic._epsforms import in_family
+
+        def _num(v: Any, default: float) -> float:
+            try:
+                return float(default if v is None else v)
+            except (TypeError, ValueError):
+                return math.nan  # check_bn_parameters names the bad value
+
+        fits = in_family(act) and _num(eps, 0) > 0 and _num(beta, 0) == 0 and _num(gamma, 1) > 0
+        if fits:
+            backend, used = closed_form_eps, "closed-form"
+        elif method == "closed-form":
+            raise NoClosedFormError(
+                f"no eps > 0 closed form for {act.label!r} here (only identity, relu, leaky_relu with eps > 0, "
+                "beta = 0, gamma > 0); use --method quadrature"
+            )
     out = []
     for b in Blist:
-        vals = evaluate_eps(
+        vals = backend(
             act,
             b,
             eps=0 if eps is None else eps,
@@ -209,7 +234,7 @@ def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int |
             dps=dps,
         )
         meta = dict(vals.pop("_meta", {}) or {})
-        rec: dict[str, Any] = {"B": b, "method": "quadrature"}
+        rec: dict[str, Any] = {"B": b, "method": used}
         rec.update(_group(vals, lambda v: None if v is None else _to_float(v)))
         if dps is not None:
             conv = _to_str(dps)

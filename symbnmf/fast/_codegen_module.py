@@ -17,6 +17,7 @@ import sympy as sp
 
 from symbnmf._conventions import CONVENTIONS, QUANTITIES
 from symbnmf.fast._jaxprint import TARGETS, CodegenError, print_assignments
+from symbnmf.fast._stable import stable_in_B
 
 #: What each quantity is (docstrings of the generated functions).
 DESCRIPTIONS: dict[str, str] = {
@@ -31,7 +32,7 @@ DESCRIPTIONS: dict[str, str] = {
     "depth_scale": "depth scale xi = 1/ln(lambda_G-down) (Sec. 3.3; depth > ~16 xi is untrainable)",
 }
 
-_RESERVED = {"B", "jax", "jnp", "jsp", "np", "_sps", "_prepare", "_finish", "math"}
+_RESERVED = {"B", "jax", "jnp", "jsp", "np", "_sps", "_prepare", "_finish", "math", "_uB"}
 
 
 def function_name(quantity: str) -> str:
@@ -119,8 +120,12 @@ def render_module(
             raise CodegenError(
                 f"closed form of {q} has unexpected symbols {sorted(map(str, extra))}; bind them on the activation"
             )
-        names = {B: "B", **{p: n for p, n in zip(parameters, pnames)}}
-        lines, (out,), printer = print_assignments([expr], names, target=target)
+        u = sp.Dummy("u", positive=True)  # u = 1/B: the form evaluated (exact; see fast/_stable.py)
+        names = {B: "B", u: "_uB", **{p: n for p, n in zip(parameters, pnames)}}
+        stable = stable_in_B(expr, B, u)
+        lines, (out,), printer = print_assignments([stable], names, target=target)
+        if stable.has(u):
+            lines.insert(0, "_uB = 1/B")
         uses_special |= printer.used_special
         fname = function_name(q)
         latex = sp.latex(expr)

@@ -14,11 +14,16 @@ from pathlib import Path
 _STATE: dict[str, Path | None] = {}
 
 
+def cache_root() -> Path:
+    """symbnmf's cache directory: ``$SYMBNMF_CACHE_DIR``, default ``~/.cache/symbnmf``."""
+    return Path(os.environ.get("SYMBNMF_CACHE_DIR", Path.home() / ".cache" / "symbnmf"))
+
+
 def compilation_cache_dir() -> Path | None:
     """Where compiled programs are cached, or None when ``SYMBNMF_NO_COMPILE_CACHE`` is set."""
     if os.environ.get("SYMBNMF_NO_COMPILE_CACHE"):
         return None
-    return Path(os.environ.get("SYMBNMF_CACHE_DIR", Path.home() / ".cache" / "symbnmf")) / "jax"
+    return cache_root() / "jax"
 
 
 def enable_compilation_cache() -> Path | None:

@@ -75,30 +75,30 @@ class Homogeneous:
     cm: float
 
 
-@lru_cache(maxsize=64)
-def _homogeneous_cached(spec: Any) -> Homogeneous | None:
-    import sympy as sp
-
-    from symbnmf.numeric._laplace import homogeneous_parts
-
-    try:
-        alpha, cp, cm = homogeneous_parts(spec)
-    except ActivationError:
-        return None
-    return Homogeneous(float(sp.N(alpha, 20)), float(sp.N(cp, 20)), float(sp.N(cm, 20)))
+_HOMOGENEOUS: dict[str, Homogeneous | None] = {}
 
 
 def homogeneous(activation: Any) -> Homogeneous | None:
-    """The homogeneous parts of ``activation`` (catalog name, expression or Activation), or None."""
+    """The homogeneous parts of ``activation`` (catalog name, expression or Activation), or None.
+
+    (alpha, c₊, c₋) come from :func:`symbnmf.numeric._laplace.homogeneous_parts` (SymPy), cached
+    by the bound expression.
+    """
+    import sympy as sp
+
     from symbnmf._activations import get_activation
+    from symbnmf.numeric._laplace import homogeneous_parts
 
     act = get_activation(activation)
     act.require_bound()
-    key = act.label if isinstance(activation, str) else act
-    try:
-        return _homogeneous_cached(key)
-    except TypeError:  # unhashable activation object
-        return _homogeneous_cached.__wrapped__(act)
+    key = sp.srepr(act.bound_expr)
+    if key not in _HOMOGENEOUS:
+        try:
+            alpha, cp, cm = homogeneous_parts(act)
+            _HOMOGENEOUS[key] = Homogeneous(float(sp.N(alpha, 20)), float(sp.N(cp, 20)), float(sp.N(cm, 20)))
+        except ActivationError:
+            _HOMOGENEOUS[key] = None
+    return _HOMOGENEOUS[key]
 
 
 # ---------------------------------------------------------------------------------------------

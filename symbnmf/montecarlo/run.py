@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -76,6 +78,7 @@ class NetConfig:
     activation: str  # srepr of the bound SymPy expression (cache key only)
     keep_cov: bool = False  # also return the per-layer covariances (depth+1, B, B)
     remat: bool = False  # jax.checkpoint every layer of the backward pass
+    prng: str = "threefry2x32"  # JAX PRNG implementation (benchmarks compare "rbg", "unsafe_rbg")
 
 
 def _layer_fn(cfg: NetConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -128,7 +131,7 @@ def network_pass(idx: jax.Array, seed: jax.Array, phi: Callable, cfg: NetConfig)
     """
     N, B, L = cfg.width, cfg.batch_size, cfg.depth
     dtype = jnp.dtype(cfg.dtype)
-    key = jax.random.fold_in(jax.random.key(seed), idx)
+    key = jax.random.fold_in(jax.random.key(seed, impl=cfg.prng), idx)
     k_init, k_read, k_burn, k_meas = jax.random.split(key, 4)
     layer = _layer_fn(cfg)
 
@@ -185,6 +188,50 @@ def network_pass(idx: jax.Array, seed: jax.Array, phi: Callable, cfg: NetConfig)
 @functools.lru_cache(maxsize=32)
 def _compiled(cfg: NetConfig, phi: Callable) -> Callable:
     return jax.jit(jax.vmap(functools.partial(network_pass, phi=phi, cfg=cfg), in_axes=(0, None)))
+
+
+_EXECUTABLES: dict[tuple, Future] = {}
+_EXECUTABLES_LOCK = threading.Lock()
+
+
+def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Callable:
+    """The compiled call for ``size`` networks over ``devices``, compiled once per process (and
+    loaded from JAX's persistent cache when another process compiled it).  Thread-safe: a call
+    that another thread is compiling (:func:`precompile`) waits for it instead of compiling twice."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    key = (cfg, phi, size, devices, jax.config.jax_enable_x64)
+    with _EXECUTABLES_LOCK:
+        fut = _EXECUTABLES.get(key)
+        mine = fut is None
+        if mine:
+            fut = _EXECUTABLES[key] = Future()
+            if len(_EXECUTABLES) > 64:  # forget the oldest finished ones
+                for k in [k for k, f in _EXECUTABLES.items() if f.done() and k != key][:16]:
+                    del _EXECUTABLES[k]
+    if mine:
+        try:
+            sharding = NamedSharding(Mesh(np.array(devices), ("nets",)), PartitionSpec("nets"))
+            spec = jax.ShapeDtypeStruct((size,), np.int32, sharding=sharding)
+            fut.set_result(_compiled(cfg, phi).lower(spec, np.uint32(0)).compile())
+        except BaseException as exc:
+            fut.set_exception(exc)
+            with _EXECUTABLES_LOCK:
+                _EXECUTABLES.pop(key, None)
+            raise
+    return fut.result()
+
+
+def precompile(
+    cfg: NetConfig, phi: Callable, networks: int, *, memory_bytes: int | None = None, devices: Any = None
+) -> None:
+    """Compile (or load from the persistent cache) the call :func:`run_networks` will make with
+    these arguments, e.g. in a background thread while other simulations run."""
+    enable_compilation_cache()
+    devs = tuple(devices) if devices is not None else tuple(jax.devices())
+    plan = plan_chunks(cfg, networks, memory_bytes=memory_bytes, devices=len(devs))
+    with jax.enable_x64(cfg.dtype == "float64"):
+        _executable(plan.cfg, phi, plan.chunk, devs)
 
 
 def _item(cfg: NetConfig) -> int:
@@ -329,7 +376,7 @@ def run_networks(
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     enable_compilation_cache()
-    devs = list(devices) if devices is not None else jax.devices()
+    devs = tuple(devices) if devices is not None else tuple(jax.devices())
     nd = len(devs)
     plan = plan_chunks(cfg, networks, memory_bytes=memory_bytes, devices=nd)
     cfg, size, nchunks = plan.cfg, plan.chunk, plan.nchunks
@@ -337,7 +384,7 @@ def run_networks(
         size = -(-max(1, int(chunk)) // nd) * nd
         nchunks = -(-networks // size)
     sharding = NamedSharding(Mesh(np.array(devs), ("nets",)), PartitionSpec("nets"))
-    fn = _compiled(cfg, phi)
+    fn = _executable(cfg, phi, size, devs)
     seed_arr = np.uint32(seed % 2**32)
     out: dict[str, np.ndarray] = {}
     bar = None
@@ -389,5 +436,6 @@ __all__ = [
     "network_pass",
     "output_bytes_per_network",
     "plan_chunks",
+    "precompile",
     "run_networks",
 ]

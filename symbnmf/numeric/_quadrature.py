@@ -83,10 +83,17 @@ def _standard_nodes(rule: str, degree: int, prec: int) -> tuple[tuple[Any, Any],
     return tuple(nodes)
 
 
-def _nodes(rule: str, a: Any, b: Any, degree: int) -> list[tuple[Any, Any]]:
+def _nodes(rule: str, a: Any, b: Any, degree: int) -> tuple[tuple[Any, Any], ...]:
+    """Nodes/weights on [a, b]: rescaled once per (interval, degree, precision), then cached (the
+    inner integrals of the sphere quadrature revisit the same theta pieces at every psi node)."""
+    return _scaled_nodes(rule, a, b, degree, mp.prec)
+
+
+@functools.lru_cache(maxsize=2048)
+def _scaled_nodes(rule: str, a: Any, b: Any, degree: int, prec: int) -> tuple[tuple[Any, Any], ...]:
     C = (b - a) / 2
     D = (b + a) / 2
-    return [(D + C * t, C * w) for t, w in _standard_nodes(rule, degree, mp.prec)]
+    return tuple((D + C * t, C * w) for t, w in _standard_nodes(rule, degree, prec))
 
 
 def _max_degree(rule: str) -> int:

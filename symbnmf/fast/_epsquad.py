@@ -1,0 +1,769 @@
+"""Fast double-precision JAX evaluation of the eps > 0 theory (issue 12) on grids.
+
+Definitions and formulas: :mod:`symbnmf.symbolic._epsilon` (read its docstring first); the mpmath
+reference is :mod:`symbnmf.numeric._epsilon`, which this module mirrors step by step:
+
+1. **tau tables.** Every sphere integral (a, b, Q_X, T_X, K_{X,k}) of phi(beta + gamma t y)
+   depends on the radial factor only through tau = t^2. For each (phi, gamma, beta, B) they are
+   evaluated by the fixed 2-D Gauss sphere quadrature of :mod:`symbnmf.fast._fastquad` (t, gamma,
+   beta are grid parameters of one jitted kernel; its fine/coarse self-check applies) at the
+   Chebyshev-Lobatto nodes of each tau-piece (pieces split where a kink of phi(beta + gamma t y)
+   leaves the sphere), and represented by Chebyshev interpolants. The interpolation error is
+   estimated from the odd nodes against the half-degree interpolant of the even nodes; the degree
+   is doubled (32, 64, 128) until it is below ``rtol``, else :class:`ConvergenceError`. For
+   positive-homogeneous phi of integer degree alpha at beta = 0, gamma > 0 the integrals are
+   exactly tau^alpha (K: tau^(alpha-1)) times their t = 1 values (a polynomial in tau).
+2. **The chi^2_{B-1} integral** over s = r^2 (tau = mu s/(mu s + B eps)): a fixed composite
+   Gauss-Legendre rule in s, geometrically graded towards s = 0 (panels [4 2^-(j+1), 4 2^-j],
+   j < 44, where the pole of tau at s = -B eps/mu and the s^((B-3)/2) end point live) and uniform
+   (width 6) on [4, s_max], the density folded into the weights. Every number is computed with
+   12 and with 8 points per panel; they must agree to ``rtol``.
+3. **The fixed point** mu = F(mu) = sigma_w^2 E_s[(a - b)(tau)]: g(l) = F(e^l)/e^l - 1 on the
+   same 48-point log grid as the mpmath path ([4 sigma_w^2 sup(a - b) 1e-14, 4 sigma_w^2
+   sup(a - b)]); the largest bracket where g changes sign from + to - (a stable root) is refined
+   by the Illinois method under jit (vectorised over the grid). No such bracket: phase
+   "collapsed" (mu* = 0), where the quantities are the mu -> 0+ limits of the mpmath path (NaN
+   where they diverge). The coarse s-rule must satisfy |F_coarse(mu*)/mu* - 1| < ``rtol``.
+
+Conventions as :func:`symbnmf.numeric._epsilon.evaluate_eps`: sigma_w^2 = ``weight_var``,
+sigma_b^2 = 0 (it drops out), fixed_point.diag/offdiag are pre-activation covariance entries.
+Everything runs in float64 (``jax.enable_x64``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from symbnmf._conventions import QUANTITIES, check_batch_size
+from symbnmf._errors import ConvergenceError, SymbnmfError
+from symbnmf.fast._fastquad import COARSE, FINE, ITER_COARSE, ITER_FINE, FastEvaluator, _Plan, kink_expressions
+
+#: Chebyshev degrees tried for the tau tables (each checked against half its degree).
+_DEGREES = (32, 64, 128)
+#: s-rule: geometric panels below S_SPLIT, uniform panels of width S_WIDTH above it.
+S_SPLIT = 4.0
+S_GEOMETRIC = 44
+S_WIDTH = 6.0
+S_FINE, S_COARSE = 12, 8
+#: log-mu grid of the root search (as numeric._epsilon.solve_fixed_point).
+MU_GRID = 48
+ILLINOIS_STEPS = 60
+#: grid points per jitted call
+_CHUNK = 256
+
+_GSYM = sp.Symbol("_g", real=True)
+_BSYM = sp.Symbol("_b", real=True)
+
+
+@dataclass(frozen=True)
+class _Duck:
+    """The minimum of an Activation that :func:`kink_expressions` reads."""
+
+    bound_expr: sp.Expr
+    bound_derivative: sp.Expr
+    label: str
+
+
+def _eps_plan(phi: sp.Expr, beta_zero: bool) -> tuple[_Plan, tuple[str, ...]]:
+    """A :class:`_Plan` whose 'quantities' are the eps integrals (names of eps_integrals)."""
+    from symbnmf._activations import x
+    from symbnmf.fast._jaxprint import jax_code, print_assignments
+    from symbnmf.symbolic._algebra import B as Bsym
+    from symbnmf.symbolic._epsilon import T, bn_activation, concrete_terms
+    from symbnmf.symbolic._sphere import y1, y2
+
+    beta = sp.S.Zero if beta_zero else _BSYM
+    params = (T, _GSYM) if beta_zero else (T, _GSYM, _BSYM)
+    terms = concrete_terms(phi, x, _GSYM, beta)
+    pairs: list[tuple[sp.Expr, sp.Expr]] = []
+    index: dict[tuple[sp.Expr, sp.Expr], int] = {}
+    esyms: list[sp.Symbol] = []
+    exprs: list[sp.Expr] = []
+    names = tuple(terms)
+    for name in names:
+        total = sp.S.Zero
+        for coeff, f1, f2 in terms[name]:
+            key = (sp.sympify(f1), sp.sympify(f2))
+            if key[0] == 0 or key[1] == 0:
+                continue
+            if key not in index:
+                index[key] = len(pairs)
+                pairs.append(key)
+                esyms.append(sp.Symbol(f"_e{len(esyms)}"))
+            total += sp.sympify(coeff) * esyms[index[key]]
+        exprs.append(total)
+    f, df = bn_activation(phi, x, _GSYM, beta)
+    kinks = kink_expressions(_Duck(f, sp.diff(f, x), str(phi)))
+    iterated = not all(k == 0 for k in kinks)
+    one_idx = tuple(i for i, (f1, f2) in enumerate(pairs) if iterated and (f1 == 1 or f2 == 1))
+    two_idx = tuple(i for i in range(len(pairs)) if i not in one_idx)
+    pnames = [f"_p{i}" for i in range(len(params))]
+    nm = {y1: "y1", y2: "y2", **dict(zip(params, pnames))}
+    psig = "".join(", " + p for p in pnames)
+
+    def _src(fname: str, sig: str, ex: list[sp.Expr], prefix: str) -> str:
+        if not ex:
+            return f"def {fname}({sig}):\n    return ()"
+        lines, outs, _ = print_assignments(ex, nm, target="jax", prefix=prefix)
+        return "\n".join(
+            [f"def {fname}({sig}):"]
+            + [f"    {ln}" for ln in lines]
+            + [f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})"]
+        )
+
+    integrand_src = _src("integrand", "y1, y2" + psig, [pairs[i][0] * pairs[i][1] for i in two_idx], "_u")
+    ones = [(pairs[i][0] if pairs[i][1] == 1 else pairs[i][1].subs(y2, y1)) for i in one_idx]
+    integrand1_src = _src("integrand1", "y1" + psig, ones, "_s")
+    cnames = {Bsym: "B", **dict(zip(params, pnames)), **{e: e.name for e in esyms}}
+    lines, outs, _ = print_assignments(exprs, cnames, target="jax", prefix="_v")
+    args = ", ".join(["B", *pnames, *[e.name for e in esyms]])
+    combine_src = "\n".join(
+        [f"def combine({args}):"] + [f"    {ln}" for ln in lines] + [f"    return ({', '.join(outs)},)"]
+    )
+    kmap = dict(zip(params, pnames))
+    kinks1_src = (
+        f"def kinks({', '.join(pnames)}):\n    return ({', '.join(jax_code(k, names=kmap) for k in kinks)},)"
+        if kinks
+        else f"def kinks({', '.join(pnames)}):\n    return ()"
+    )
+    plan = _Plan(
+        tuple(pairs),
+        tuple(params),
+        names,
+        integrand_src,
+        integrand1_src,
+        one_idx,
+        two_idx,
+        combine_src,
+        kinks1_src if iterated else "",
+        kinks1_src,
+    )
+    return plan, ("t", "g") if beta_zero else ("t", "g", "b")
+
+
+class _EpsIntegrals(FastEvaluator):
+    """The eps integrals at (t, gamma[, beta]) grid points: :class:`FastEvaluator` with the plan of
+    :func:`_eps_plan` (same rules, same fine/coarse self-check and escalation)."""
+
+    def __init__(self, phi: sp.Expr, beta_zero: bool, rtol: float) -> None:  # noqa: D107
+        plan, pnames = _eps_plan(phi, beta_zero)
+        self.activation = _Duck(phi, sp.S.Zero, f"eps integrals of {phi}")  # type: ignore[assignment]
+        self.quantities = plan.names
+        self.rtol = float(rtol)
+        self._plan = plan
+        self.parameters = pnames
+        self.scheme = "iterated" if plan.kinks_src else "polar"
+        self.rules = (ITER_FINE, ITER_COARSE) if self.scheme == "iterated" else (FINE, COARSE)
+        self._jitted = None
+
+
+@functools.lru_cache(maxsize=32)
+def _integrals(phi: sp.Expr, beta_zero: bool, rtol: float) -> _EpsIntegrals:
+    return _EpsIntegrals(phi, beta_zero, rtol)
+
+
+# ---------------------------------------------------------------------------------------------
+# tau tables (host side)
+# ---------------------------------------------------------------------------------------------
+def _lobatto(lo: float, hi: float, n: int, kind: int = 0) -> np.ndarray:
+    """tau at the Lobatto nodes x_j = cos(pi j/n) of a piece, through its map (:func:`_tau_of_v`)."""
+    v = (np.cos(np.pi * np.arange(n + 1) / n) + 1) / 2
+    return _tau_of_v(lo, hi, v, kind)
+
+
+def _tau_of_v(lo: Any, hi: Any, v: Any, kind: int) -> Any:
+    """The piece maps v in [0, 1] -> tau: 0 linear; 1 tau = lo + (hi-lo) v^2 (a kink exit at lo, where
+    the integrals behave like (tau - lo)^(k/2)); 2 the same at hi; 3 both, tau = lo + (hi-lo) sin^2(pi v/2)."""
+    r = [v, v * v, 1 - (1 - v) ** 2, np.sin(np.pi * v / 2) ** 2][kind]
+    return lo + (hi - lo) * r
+
+
+def _cheb(vals: np.ndarray) -> np.ndarray:
+    """Chebyshev coefficients of the interpolant on Lobatto nodes; vals [..., n+1]."""
+    n = vals.shape[-1] - 1
+    j = np.arange(n + 1)
+    w = np.where((j == 0) | (j == n), 0.5, 1.0)
+    C = np.cos(np.pi * np.outer(j, j) / n)  # [k, j]
+    c = 2.0 / n * np.einsum("...j,kj->...k", vals * w, C)
+    c[..., 0] /= 2
+    c[..., n] /= 2
+    return c
+
+
+def _clenshaw_np(c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """c [..., D], x [M] -> [..., M]."""
+    b1 = np.zeros(c.shape[:-1] + x.shape)
+    b2 = np.zeros_like(b1)
+    for k in range(c.shape[-1] - 1, 0, -1):
+        b1, b2 = 2 * x * b1 - b2 + c[..., k, None], b1
+    return x * b1 - b2 + c[..., 0, None]
+
+
+@dataclass
+class EpsTables:
+    """Chebyshev tables in tau of one phi at one B for several (gamma, beta) combos.
+
+    ``edges`` [C, P+1] (unused pieces have edges +inf), ``coeffs`` [C, names, P, D] in x = 2v - 1,
+    ``maps`` [C, P] the piece maps of :func:`_tau_of_v`."""
+
+    B: int
+    names: tuple[str, ...]
+    edges: np.ndarray
+    coeffs: np.ndarray
+    maps: np.ndarray
+    norm: dict
+    trace: dict
+    phi_beta: np.ndarray  # [C]
+    nodes_used: int
+    interpolation_error: float
+
+
+def _kink_values(act: Any) -> list[float]:
+    ks = kink_expressions(act)
+    out = []
+    for k in ks:
+        if k.free_symbols:
+            raise SymbnmfError(f"{act.label}: kink {k} depends on a free parameter; bind it first")
+        out.append(float(k))
+    return out
+
+
+def build_tables(act: Any, B: int, combos: Sequence[tuple[float, float]], rtol: float = 1e-11) -> EpsTables:
+    """tau tables (module docstring, step 1) of ``act`` at batch size B for each (gamma, beta)."""
+    from symbnmf._activations import _homogeneity, x
+    from symbnmf.symbolic._algebra import B as Bsym
+    from symbnmf.symbolic._epsilon import eps_integrals
+
+    phi = act.bound_expr
+    Bv = check_batch_size(B)
+    ei = eps_integrals()
+    norm = {X: float(sp.sympify(v).subs(Bsym, Bv)) for X, v in ei.norm.items()}
+    trace = {X: float(sp.sympify(v).subs(Bsym, Bv)) for X, v in ei.trace.items()}
+    kinks = _kink_values(act)
+    alpha = _homogeneity(phi)
+    alpha_int = alpha is not None and sp.sympify(alpha).is_Integer and int(alpha) >= 1
+    fphi = sp.lambdify(x, phi, "math")
+    plans: list[Any] = []  # per combo: ("hom", None) or ("cheb", edges)
+    for g, b in combos:
+        if g == 0 or not (math.isfinite(g) and math.isfinite(b)):
+            raise SymbnmfError("gamma must be nonzero and finite, beta finite; pass e.g. --gamma 1")
+        if alpha_int and b == 0 and g > 0:
+            plans.append(("hom", None))
+            continue
+        if any(abs(k - b) <= 1e-14 * max(1.0, abs(b)) for k in kinks):
+            raise SymbnmfError(
+                f"phi = {phi} has a kink at beta = {b:g}: with eps > 0 this is supported only for positive-homogeneous "
+                "phi (integer degree) at beta = 0 and gamma > 0 (ReLU, leaky ReLU); shift --beta slightly"
+            )
+        if alpha is not None and not alpha_int and b == 0:
+            raise SymbnmfError(f"phi = {phi} is homogeneous of non-integer degree {alpha}: use method='quadrature'")
+        cuts = sorted({c for c in _exit_taus([(k - b) / g for k in kinks], Bv) if 1e-12 < c < 1 - 1e-12})
+        plans.append(("cheb", [0.0, *cuts, 1.0]))
+    beta_zero = all(b == 0 for _, b in combos)
+    ev = _integrals(phi, beta_zero, 1e-10)
+    names = ev.quantities
+    maxp = max([len(p[1]) - 1 for p in plans if p[0] == "cheb"] + [1])
+    C = len(combos)
+    results: dict[int, Any] = {}
+    degree = {i: _DEGREES[0] for i, p in enumerate(plans) if p[0] == "cheb"}
+    used = 0
+    worst = 0.0
+
+    def run(ts: list[float], gs: list[float], bs: list[float]) -> dict[str, np.ndarray]:
+        kw = {"t": np.sqrt(np.asarray(ts)), "g": np.asarray(gs)}
+        if not beta_zero:
+            kw["b"] = np.asarray(bs)
+        return ev([Bv], **kw)
+
+    # homogeneous combos: t = 1
+    hom = [i for i, p in enumerate(plans) if p[0] == "hom"]
+    if hom:
+        vals = run([1.0] * len(hom), [combos[i][0] for i in hom], [0.0] * len(hom))
+        used += len(hom)
+        a = int(alpha)  # type: ignore[arg-type]
+        for j, i in enumerate(hom):
+            coeffs = np.zeros((len(names), 1, a + 1))
+            for ni, name in enumerate(names):
+                power = a - 1 if name.startswith("K.") else a
+                # tau^power on [0, 1] as a Chebyshev series in x = 2 tau - 1
+                mono = np.polynomial.polynomial.polypow([0.5, 0.5], power)
+                cc = np.polynomial.chebyshev.poly2cheb(mono)
+                coeffs[ni, 0, : len(cc)] = cc * float(vals[name][j, 0])
+            results[i] = ([0.0, 1.0], coeffs, [0])
+    pending = sorted(degree)
+    while pending:
+        ts, gs, bs, where = [], [], [], []
+        for i in pending:
+            n = degree[i]
+            e = plans[i][1]
+            for lo, hi, kind in zip(e[:-1], e[1:], _kinds(e)):
+                nodes = _lobatto(lo, hi, n, kind)
+                ts += list(nodes)
+                gs += [combos[i][0]] * len(nodes)
+                bs += [combos[i][1]] * len(nodes)
+            where.append(i)
+        vals = run(ts, gs, bs)
+        used += len(ts)
+        V = np.stack([vals[name][:, 0] for name in names])  # [names, nodes]
+        off = 0
+        nxt = []
+        for i in where:
+            n = degree[i]
+            e = plans[i][1]
+            cs, err_i = [], 0.0
+            for _lo, _hi in zip(e[:-1], e[1:]):
+                v = V[:, off : off + n + 1]
+                off += n + 1
+                c_half = _cheb(v[:, ::2])
+                xo = np.cos(np.pi * np.arange(1, n, 2) / n)
+                pred = _clenshaw_np(c_half, xo)
+                scale = max(float(np.max(np.abs(v))), 1e-300)
+                err_i = max(err_i, float(np.max(np.abs(pred - v[:, 1::2]))) / scale)
+                cs.append(_cheb(v))
+            if err_i > rtol:
+                if n >= _DEGREES[-1]:
+                    raise ConvergenceError(
+                        f"eps tau table of {phi} at B={Bv}, gamma={combos[i][0]:g}, beta={combos[i][1]:g}: Chebyshev "
+                        f"interpolation error {err_i:.2e} > {rtol:g} at degree {n}; use method='quadrature'"
+                    )
+                degree[i] = 2 * n
+                nxt.append(i)
+                continue
+            worst = max(worst, err_i)
+            results[i] = (e, np.stack(cs, axis=1), _kinds(e))  # [names, pieces, D]
+        pending = nxt
+    D = max(r[1].shape[-1] for r in results.values())
+    edges = np.full((C, maxp + 1), np.inf)
+    coeffs = np.zeros((C, len(names), maxp, D))
+    maps = np.zeros((C, maxp), dtype=np.int64)
+    for i, (e, c, kinds) in results.items():
+        edges[i, : len(e)] = e
+        coeffs[i, :, : c.shape[1], : c.shape[2]] = c
+        maps[i, : len(kinds)] = kinds
+    phi_beta = np.array([float(fphi(b)) for _, b in combos])
+    return EpsTables(Bv, names, edges, coeffs, maps, norm, trace, phi_beta, used, worst)
+
+
+def _exit_taus(us: Sequence[float], B: int) -> list[float]:
+    """tau where the kink structure of phi(beta + gamma t y) changes on the support of (y1, y2).
+
+    With u = (kink - beta)/gamma the kink sits at y_j = u/t. The pair (y1, y2) fills the ellipse
+    y1^2 + y2^2 + 2 y1 y2/(B-1) <= B(B-2)/(B-1) (Lemma ``two_coordinate_law``): a kink line leaves it
+    at tau = u^2/(B-1) (tangency), and the corner (u_a/t, u_b/t) of two kink lines at
+    tau = (u_a^2 + u_b^2 + 2 u_a u_b/(B-1)) (B-1)/(B(B-2)). The tables are split at each."""
+    out = [u * u / (B - 1) for u in us]
+    for ua in us:
+        for ub in us:
+            out.append((ua * ua + ub * ub + 2 * ua * ub / (B - 1)) * (B - 1) / (B * (B - 2)))
+    return out
+
+
+def _kinds(e: Sequence[float]) -> list[int]:
+    """Piece maps for edges e = [0, cuts..., 1]: square-root maps at the interior cuts."""
+    n = len(e) - 1
+    return [(1 if j > 0 else 0) + (2 if j < n - 1 else 0) for j in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the chi^2 rule (host side)
+# ---------------------------------------------------------------------------------------------
+def _s_max(k: int) -> float:
+    return k + 14.0 * math.sqrt(2.0 * k) + 60.0
+
+
+def _n_panels(k: int) -> int:
+    return S_GEOMETRIC + 1 + math.ceil((_s_max(k) - S_SPLIT) / S_WIDTH)
+
+
+@functools.lru_cache(maxsize=256)
+def chi2_rule(k: int, n: int, panels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes s and weights (density of chi^2_k folded in) of the composite rule (module docstring),
+    padded with zero-weight nodes to ``panels`` panels."""
+    edges = [0.0] + [S_SPLIT * 2.0 ** (-j) for j in range(S_GEOMETRIC, -1, -1)]
+    m = math.ceil((_s_max(k) - S_SPLIT) / S_WIDTH)
+    edges += [S_SPLIT + S_WIDTH * (i + 1) for i in range(m)]
+    t, w = np.polynomial.legendre.leggauss(n)
+    nodes, weights = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        nodes.append((hi - lo) / 2 * t + (hi + lo) / 2)
+        weights.append((hi - lo) / 2 * w)
+    s = np.concatenate(nodes)
+    half = k / 2.0
+    logdens = -half * math.log(2.0) - math.lgamma(half) + (half - 1) * np.log(s) - s / 2
+    wt = np.concatenate(weights) * np.exp(logdens)
+    pad = panels * n - s.size
+    if pad < 0:
+        raise SymbnmfError("internal: chi-square rule larger than its padding")
+    return np.concatenate([s, np.ones(pad)]), np.concatenate([wt, np.zeros(pad)])
+
+
+# ---------------------------------------------------------------------------------------------
+# the jitted solver
+# ---------------------------------------------------------------------------------------------
+def _clenshaw(c, x):
+    """c [..., D] (broadcast against x [..., M] after adding an axis), Clenshaw by lax.scan."""
+    import jax
+    import jax.numpy as jnp
+
+    cs = jnp.moveaxis(c, -1, 0)[::-1][:-1]  # c_{D-1} .. c_1
+
+    def step(carry, ck):
+        b1, b2 = carry
+        return (2 * x * b1 - b2 + ck[..., None], b1), None
+
+    z = jnp.zeros(jnp.broadcast_shapes(c.shape[:-1] + (1,), x.shape), dtype=x.dtype)
+    (b1, b2), _ = jax.lax.scan(step, (z, z), cs)
+    return x * b1 - b2 + c[..., 0, None]
+
+
+def _table_eval(coeffs, edges, maps, tau):
+    """coeffs [P, n, pieces, D], edges [P, pieces+1], maps [P, pieces], tau [P, M] -> [P, n, M]."""
+    import jax.numpy as jnp
+
+    lo, hi = edges[:, :-1], edges[:, 1:]  # [P, pieces]
+    ok = jnp.isfinite(hi)
+    lo_s = jnp.where(ok, lo, 0.0)
+    hi_s = jnp.where(ok, hi, 1.0)
+    r = jnp.clip((tau[:, None, :] - lo_s[..., None]) / (hi_s - lo_s)[..., None], 0.0, 1.0)  # [P, pieces, M]
+    kd = maps[..., None]
+    v = jnp.where(
+        kd == 0,
+        r,
+        jnp.where(kd == 1, jnp.sqrt(r), jnp.where(kd == 2, 1 - jnp.sqrt(1 - r), 2 / jnp.pi * jnp.arcsin(jnp.sqrt(r)))),
+    )
+    xx = 2 * v - 1
+    vals = _clenshaw(coeffs, xx[:, None])  # [P, n, pieces, M]
+    inner = edges[:, 1:-1]  # [P, pieces-1]
+    idx = jnp.sum(tau[:, None, :] > jnp.where(jnp.isfinite(inner), inner, jnp.inf)[..., None], axis=1)  # [P, M]
+    onehot = idx[:, None, :] == jnp.arange(coeffs.shape[2])[None, :, None]  # [P, pieces, M]
+    return jnp.sum(jnp.where(onehot[:, None], vals, 0.0), axis=2)
+
+
+def _make_solver(names: tuple[str, ...]):
+    import jax
+    import jax.numpy as jnp
+
+    ia, ib = names.index("a"), names.index("b")
+
+    def F(cab, edges, maps, s, w, mu, Bf, eps, sw):
+        # mu [P] -> F(mu) [P], with (a - b) coefficients cab [P, 1, pieces, D]
+        tau = mu[:, None] * s / (mu[:, None] * s + Bf * eps[:, None])
+        v = _table_eval(cab, edges, maps, tau)[:, 0]
+        return sw * jnp.sum(v * w, axis=-1)
+
+    def solve(coeffs, edges, maps, s, w, sc, wc, Bf, eps, sw, sup):
+        cab = (coeffs[:, ia] - coeffs[:, ib])[:, None]
+        hi = 4 * sw * jnp.maximum(sup, 1e-30)
+        llo, lhi = jnp.log(hi * 1e-14), jnp.log(hi)
+        grid = llo[:, None] + (lhi - llo)[:, None] * jnp.arange(MU_GRID)[None, :] / (MU_GRID - 1)  # [P, G]
+
+        def g_of(lm):
+            mu = jnp.exp(lm)
+            return F(cab, edges, maps, s, w, mu, Bf, eps, sw) / mu - 1
+
+        gs = jax.lax.map(g_of, grid.T).T  # [P, G]
+        down = (gs[:, :-1] > 0) & (gs[:, 1:] <= 0)
+        j = (MU_GRID - 2) - jnp.argmax(down[:, ::-1], axis=1)  # largest + -> - bracket
+        found = jnp.any(down, axis=1)
+        x0 = jnp.take_along_axis(grid, j[:, None], 1)[:, 0]
+        x1 = jnp.take_along_axis(grid, j[:, None] + 1, 1)[:, 0]
+        g0 = jnp.take_along_axis(gs, j[:, None], 1)[:, 0]
+        g1 = jnp.take_along_axis(gs, j[:, None] + 1, 1)[:, 0]
+
+        def illinois(_, st):
+            a, fa, b, fb, side = st
+            c = jnp.where(fb != fa, (a * fb - b * fa) / (fb - fa), (a + b) / 2)
+            c = jnp.clip(c, jnp.minimum(a, b), jnp.maximum(a, b))
+            fc = g_of(c)
+            same = jnp.sign(fc) == jnp.sign(fb)
+            # fc same sign as fb: replace b, halve fa if b was kept last time (Illinois)
+            na = jnp.where(same, a, b)
+            nfa = jnp.where(same, jnp.where(side == 1, fa / 2, fa), fb)
+            nside = jnp.where(same, 1, -1)
+            done = fc == 0
+            return (
+                jnp.where(done, c, na),
+                jnp.where(done, 0.0, nfa),
+                c,
+                fc,
+                nside,
+            )
+
+        st = (x0, g0, x1, g1, jnp.zeros_like(j))
+        a, fa, b, fb, _ = jax.lax.fori_loop(0, ILLINOIS_STEPS, illinois, st)
+        lm = jnp.where(jnp.abs(fb) <= jnp.abs(fa), b, a)
+        width = jnp.abs(b - a)
+        mu = jnp.where(found, jnp.exp(lm), 0.0)
+        resid_c = jnp.where(found, F(cab, edges, maps, sc, wc, jnp.where(found, mu, 1.0), Bf, eps, sw) / mu - 1, 0.0)
+        resid_f = jnp.where(found, jnp.minimum(jnp.abs(fa), jnp.abs(fb)), 0.0)
+        return mu, found, resid_f, resid_c, width
+
+    def quantities(coeffs, edges, maps, s, w, mu, Bf, eps, sw, norm, trace):
+        """diag, offdiag, forward[3], backward[3] at mu > 0 with one s-rule."""
+        tau = mu[:, None] * s / (mu[:, None] * s + Bf * eps[:, None])
+        v = _table_eval(coeffs, edges, maps, tau)  # [P, n, M]
+        E = lambda f: jnp.sum(f * w, axis=-1)  # noqa: E731
+        out = [sw * E(v[:, ia]), sw * E(v[:, ib])]
+        k = {n: i for i, n in enumerate(names)}
+        fw, bw = [], []
+        for X_i, X in enumerate("GLM"):
+            nrm, tr = norm[X_i], trace[X_i]
+            q, t = v[:, k[f"Q.{X}"]], v[:, k[f"T.{X}"]]
+            fw.append(sw * E(s / Bf * q - tr * t) / (2 * mu * nrm))
+            ks = sum(tau**j * v[:, k[f"K.{X}.{j}"]] for j in range(3))
+            bw.append(sw * E(Bf / (mu[:, None] * s + Bf * eps[:, None]) * ks) / nrm)
+        return jnp.stack(out + fw + bw)  # [8, P]
+
+    return jax.jit(solve), jax.jit(quantities)
+
+
+@functools.lru_cache(maxsize=8)
+def _solver(names: tuple[str, ...]):
+    return _make_solver(names)
+
+
+def _endpoint_values(tab: EpsTables, idx: np.ndarray, tau: float) -> dict[str, np.ndarray]:
+    """Table values at one tau for the combos idx: name -> [P]."""
+    out = {}
+    for ni, name in enumerate(tab.names):
+        vals = np.empty(idx.size)
+        for c in np.unique(idx):
+            e = tab.edges[c]
+            npieces = int(np.sum(np.isfinite(e))) - 1
+            p = int(np.searchsorted(e[1:npieces], tau, side="left")) if npieces > 1 else 0
+            p = min(p, npieces - 1)
+            lo, hi = e[p], e[p + 1]
+            r = min(max((tau - lo) / (hi - lo), 0.0), 1.0)
+            kind = tab.maps[c, p]
+            v = [r, math.sqrt(r), 1 - math.sqrt(1 - r), 2 / math.pi * math.asin(math.sqrt(r))][kind]
+            x = np.array([2 * v - 1])
+            vals[idx == c] = _clenshaw_np(tab.coeffs[c, ni, p], x)[0]
+        out[name] = vals
+    return out
+
+
+def _slope0(tab: EpsTables, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """d/dtau at tau = 0+ of every table (first piece, map 0 or 2): with f'(x = -1) =
+    sum (-1)^(k+1) k^2 c_k, d tau/dx = (hi - lo)/2 (map 0) or (hi - lo) (map 2)."""
+    out = {}
+    for ni, name in enumerate(tab.names):
+        vals = np.empty(idx.size)
+        for c in np.unique(idx):
+            cc = tab.coeffs[c, ni, 0]
+            kk = np.arange(cc.size)
+            lo, hi = tab.edges[c, 0], tab.edges[c, 1]
+            scale = 2 / (hi - lo) if tab.maps[c, 0] == 0 else 1 / (hi - lo)
+            vals[idx == c] = scale * np.sum((-1.0) ** (kk + 1) * kk * kk * cc)
+        out[name] = vals
+    return out
+
+
+def fast_evaluate_eps(
+    activation: Any,
+    Bs: Any,
+    *,
+    eps: Any,
+    weight_var: Any = 1.0,
+    gamma: Any = 1.0,
+    beta: Any = 0.0,
+    rtol: float = 1e-10,
+) -> dict[str, np.ndarray]:
+    """Every quantity of the eps > 0 theory on a grid, by JAX quadrature (float64, checked).
+
+    Convention (issue 12, :func:`symbnmf.numeric._epsilon.evaluate_eps`): h = W x + b with
+    W ~ N(0, sigma_w^2/N) (``weight_var``), BN over the batch with the biased variance and ``eps``,
+    x = phi(``gamma`` BN(h) + ``beta``), sigma_b^2 = 0. ``eps``, ``weight_var``, ``gamma``, ``beta``
+    broadcast to a grid shape P; results have shape P + (len(Bs),) (P without the B axis for a
+    scalar B): every name of :data:`symbnmf.QUANTITIES`, ``"mu"`` (mu* = diag - offdiag),
+    ``"phase"`` (str array, "bsb1" | "collapsed"), ``"collapse_slope"`` (lim F(mu)/mu as mu -> 0+)
+    and ``"collapse_boundary_eps"`` (eps_c(sigma_w^2) = sigma_w^2 m0 (B-1)/B). In the collapsed
+    phase diag = offdiag = sigma_w^2 phi(beta)^2 and the eigenvalues are the mu -> 0+ limits (NaN
+    where they diverge); ``depth_scale`` is 1/ln backward.G, inf where backward.G <= 1.
+    Accuracy about 1e-10 relative; :class:`ConvergenceError` where a self-check fails.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from symbnmf._activations import get_activation
+
+    act = get_activation(activation)
+    act.require_bound()
+    scalar_B = np.ndim(Bs) == 0
+    Blist = [check_batch_size(b) for b in np.atleast_1d(np.asarray(Bs, dtype=object)).ravel()]
+    try:
+        arrs = np.broadcast_arrays(*[np.asarray(v, dtype=np.float64) for v in (eps, weight_var, gamma, beta)])
+    except (TypeError, ValueError) as exc:
+        raise SymbnmfError(f"eps, weight_var, gamma, beta must be numbers or arrays of one shape: {exc}") from None
+    e, sw, g, b = (a.ravel() for a in arrs)
+    pshape = arrs[0].shape
+    for name, flag, v in (("eps", "--eps", e), ("weight_var", "--weight-var", sw), ("gamma", "--gamma", g)):
+        if not np.all(np.isfinite(v)):
+            raise SymbnmfError(f"{name} must be finite; pass e.g. {flag} 0.1")
+    if not np.all(np.isfinite(b)):
+        raise SymbnmfError("beta must be finite; pass e.g. --beta 0")
+    if np.any(e < 0):
+        raise SymbnmfError("eps must be >= 0 (BN divides by sqrt(var + eps)); pass e.g. --eps 1e-3")
+    if np.any(sw <= 0):
+        raise SymbnmfError("weight_var (sigma_w^2) must be > 0; pass e.g. --weight-var 1")
+    if np.any(g == 0):
+        raise SymbnmfError("gamma = 0 makes every layer output constant; pass a nonzero --gamma (default 1)")
+    combos_arr, idx = np.unique(np.stack([g, b], axis=1), axis=0, return_inverse=True)
+    idx = idx.ravel()
+    combos = [(float(c[0]), float(c[1])) for c in combos_arr]
+    P = e.size
+    keys = [*QUANTITIES, "mu", "collapse_slope", "collapse_boundary_eps"]
+    res = {k: np.full((P, len(Blist)), np.nan) for k in keys}
+    phase = np.empty((P, len(Blist)), dtype=object)
+    with jax.enable_x64(True):
+        for bi, Bv in enumerate(Blist):
+            tab = build_tables(act, Bv, combos)
+            solve, quants = _solver(tab.names)
+            k = Bv - 1
+            panels = _n_panels(k)
+            panels = 16 * math.ceil(panels / 16)
+            s_f, w_f = chi2_rule(k, S_FINE, panels)
+            s_c, w_c = chi2_rule(k, S_COARSE, panels)
+            taus = np.linspace(0.0, 1.0, 17)
+            sup_c = np.empty(len(combos))
+            for c in range(len(combos)):
+                vals = [_endpoint_values(tab, np.array([c]), float(t)) for t in taus]
+                sup_c[c] = max(float(v["a"][0] - v["b"][0]) for v in vals)
+            norm = np.array([tab.norm[X] for X in "GLM"])
+            trace = np.array([tab.trace[X] for X in "GLM"])
+            at1 = _endpoint_values(tab, idx, 1.0)
+            at0 = _endpoint_values(tab, idx, 0.0)
+            sl = _slope0(tab, idx)
+            m0 = sl["a"] - sl["b"]
+            res["collapse_boundary_eps"][:, bi] = sw * m0 * (Bv - 1) / Bv
+            with np.errstate(divide="ignore", invalid="ignore"):
+                res["collapse_slope"][:, bi] = np.where(e == 0, np.inf, sw * (Bv - 1) * m0 / (Bv * e))
+            zero = e == 0
+            # eps = 0: tau = 1 exactly (the eps = 0 theory scaled by sigma_w^2)
+            if np.any(zero):
+                mu0 = sw * (at1["a"] - at1["b"])
+                res["mu"][zero, bi] = mu0[zero]
+                res["fixed_point.diag"][zero, bi] = (sw * at1["a"])[zero]
+                res["fixed_point.offdiag"][zero, bi] = (sw * at1["b"])[zero]
+                for X_i, X in enumerate("GLM"):
+                    fw = ((Bv - 1) * at1[f"Q.{X}"] / Bv - trace[X_i] * at1[f"T.{X}"]) / (2 * mu0 * norm[X_i])
+                    bw = Bv / ((Bv - 3) * mu0) * sum(at1[f"K.{X}.{j}"] for j in range(3)) / norm[X_i]
+                    res[f"forward.{X}"][zero, bi] = (sw * fw)[zero]
+                    res[f"backward.{X}"][zero, bi] = (sw * bw)[zero]
+                phase[zero, bi] = "bsb1"
+                if np.any(~np.isfinite(mu0[zero]) | (mu0[zero] <= 0)):
+                    raise SymbnmfError("phi(gamma y + beta) is constant on the BN sphere (mu* = 0)")
+            pos = np.flatnonzero(~zero)
+            for start in range(0, pos.size, _CHUNK):
+                sel = pos[start : start + _CHUNK]
+                n_real = sel.size
+                padsel = np.concatenate([sel, np.full(_CHUNK - n_real, sel[-1])]) if n_real < _CHUNK else sel
+                ci = idx[padsel]
+                C = jnp.asarray(tab.coeffs[ci])
+                E = jnp.asarray(tab.edges[ci])
+                Mp = jnp.asarray(tab.maps[ci])
+                Bf = float(Bv)
+                args = (C, E, Mp, s_f, w_f, s_c, w_c, Bf, jnp.asarray(e[padsel]), jnp.asarray(sw[padsel]))
+                mu, found, rf, rc, _width = (np.asarray(a)[:n_real] for a in solve(*args, jnp.asarray(sup_c[ci])))
+                bad = found & ((np.abs(rf) > 1e-12) | (np.abs(rc) > rtol))
+                if bad.any():
+                    i = sel[np.flatnonzero(bad)[0]]
+                    raise ConvergenceError(
+                        f"eps fixed point of {act.label} at B={Bv} (eps={e[i]:g}, weight_var={sw[i]:g}, gamma={g[i]:g}, "
+                        f"beta={b[i]:g}) failed its check (residual fine {rf[bad][0]:.2e}, coarse {rc[bad][0]:.2e}); "
+                        "use method='quadrature'"
+                    )
+                mu_safe = np.where(found, mu, 1.0)
+                mu_pad = np.concatenate([mu_safe, np.ones(_CHUNK - n_real)])
+                qa = (C, E, Mp)
+                qb = (Bf, jnp.asarray(e[padsel]), jnp.asarray(sw[padsel]), norm, trace)
+                vf = np.asarray(quants(*qa, s_f, w_f, jnp.asarray(mu_pad), *qb))[:, :n_real]
+                vc = np.asarray(quants(*qa, s_c, w_c, jnp.asarray(mu_pad), *qb))[:, :n_real]
+                err = np.abs(vf - vc)
+                badq = (err > rtol * np.abs(vf) + 1e-14) & found[None]
+                if badq.any():
+                    qi, pi = np.argwhere(badq)[0]
+                    i = sel[pi]
+                    raise ConvergenceError(
+                        f"eps chi-square quadrature of {act.label} at B={Bv} (eps={e[i]:g}, weight_var={sw[i]:g}) "
+                        f"is not accurate to rtol={rtol:g} (fine and coarse differ by {err[qi, pi]:.2e}); "
+                        "use method='quadrature'"
+                    )
+                qnames = ["fixed_point.diag", "fixed_point.offdiag"] + [f"forward.{X}" for X in "GLM"]
+                qnames += [f"backward.{X}" for X in "GLM"]
+                for qi, qn in enumerate(qnames):
+                    res[qn][sel, bi] = np.where(found, vf[qi], np.nan)
+                res["mu"][sel, bi] = mu
+                phase[sel, bi] = np.where(found, "bsb1", "collapsed")
+                # collapsed: the mu -> 0+ limits (numeric._epsilon.eigenvalues)
+                col = sel[~found]
+                if col.size:
+                    ee, ss = e[col], sw[col]
+                    res["fixed_point.diag"][col, bi] = ss * tab.phi_beta[idx[col]] ** 2
+                    res["fixed_point.offdiag"][col, bi] = ss * tab.phi_beta[idx[col]] ** 2
+                    for X_i, X in enumerate("GLM"):
+                        nrm, tr = norm[X_i], trace[X_i]
+                        q, t = sl[f"Q.{X}"][col], sl[f"T.{X}"][col]
+                        fw = ((Bv - 1) * (Bv + 1) / Bv * q - tr * (Bv - 1) * t) / (2 * Bv * ee * nrm)
+                        res[f"forward.{X}"][col, bi] = ss * fw
+                        res[f"backward.{X}"][col, bi] = ss * at0[f"K.{X}.0"][col] / (ee * nrm)
+    bg = res["backward.G"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ds = np.where(bg > 1, 1 / np.log(np.where(bg > 1, bg, 2.0)), np.inf)
+    res["depth_scale"] = np.where(np.isnan(bg), np.nan, ds)
+    out: dict[str, np.ndarray] = {k: v.reshape(pshape + (len(Blist),)) for k, v in res.items()}
+    out["phase"] = phase.reshape(pshape + (len(Blist),))
+    if scalar_B:
+        out = {k: v[..., 0] for k, v in out.items()}
+    return out
+
+
+def evaluate_eps_fast(
+    activation: Any, B: int, *, eps: Any, weight_var: Any = 1, gamma: Any = 1, beta: Any = 0
+) -> dict[str, Any]:
+    """One grid point of :func:`fast_evaluate_eps` in the form of
+    :func:`symbnmf.numeric._epsilon.evaluate_eps` (floats, None where undefined, ``_meta``)."""
+    r = fast_evaluate_eps(activation, int(B), eps=float(eps), weight_var=float(weight_var), gamma=float(gamma),
+                          beta=float(beta))
+    out: dict[str, Any] = {}
+    for q in QUANTITIES:
+        v = float(r[q])
+        out[q] = None if not math.isfinite(v) else v
+    phase = str(r["phase"])
+    if out["backward.G"] is None or out["backward.G"] <= 1:
+        out["depth_scale"] = None
+    note = (
+        "BSB1 fixed point with eps: mu* = diag - offdiag solves mu = F(mu)"
+        if phase == "bsb1"
+        else (
+            "collapsed phase: every pre-activation is equal across the batch (mu* = 0), x = phi(beta); "
+            "eigenvalues are the mu -> 0+ limits (null where they diverge or depend on the direction)"
+        )
+    )
+    slope = float(r["collapse_slope"])
+    bound = float(r["collapse_boundary_eps"])
+    out["_meta"] = {
+        "phase": phase,
+        "eps": float(eps),
+        "weight_var": float(weight_var),
+        "gamma": float(gamma),
+        "beta": float(beta),
+        "mu": float(r["mu"]),
+        "collapse_slope": slope if math.isfinite(slope) else None,
+        "collapse_boundary_eps": bound if math.isfinite(bound) else None,
+        "note": note,
+        "tolerance": {
+            "double_relative": 1e-10,
+            "how": (
+                "fixed 2-D Gauss sphere quadrature (JAX, float64) tabulated in tau by Chebyshev interpolants, "
+                "composite Gauss rule over chi^2_{B-1}, each checked against a coarser rule"
+            ),
+        },
+    }
+    return out
