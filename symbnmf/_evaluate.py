@@ -194,15 +194,30 @@ def evaluate(
     return out
 
 
+def _eps_fast_backend(act: Activation, B: int, *, dps: int | None = None, **bn: Any) -> dict[str, Any]:
+    """``method="fast"`` with eps: :func:`symbnmf.fast._epsquad.evaluate_eps_fast` (float64, JAX)."""
+    from symbnmf.fast._epsquad import evaluate_eps_fast
+    from symbnmf.numeric._epsilon import check_bn_parameters
+
+    if dps is not None and dps > 15:
+        raise SymbnmfError(
+            f"the fast path is double precision (about 15 digits), not dps={dps}; use method='quadrature' for more digits"
+        )
+    check_bn_parameters(bn["eps"], bn["weight_var"], bn["gamma"], bn["beta"])
+    return evaluate_eps_fast(act, B, **bn)
+
+
 def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int | None, eps, weight_var, gamma, beta):
     """Records of the eps > 0 theory (issue 12); ``None`` (JSON null) where a limit is undefined."""
     from symbnmf.numeric._epsilon import evaluate_eps
 
-    if method not in ("auto", "quadrature", "closed-form"):
+    if method not in ("auto", "quadrature", "closed-form", "fast"):
         raise SymbnmfError(
             f"method {method!r} is not available with --eps/--weight-var/--gamma/--beta yet; use --method quadrature"
         )
     backend, used = evaluate_eps, "quadrature"
+    if method == "fast":
+        backend, used = _eps_fast_backend, "fast"
     if method in ("auto", "closed-form"):
         # eps > 0, identity/relu/leaky_relu at beta = 0, gamma > 0: closed forms (symbnmf.derive_eps)
         from symbnmf.numeric._epsforms import closed_form_eps

@@ -124,6 +124,7 @@ def _run(args: argparse.Namespace, out: Path, final: Path) -> int:
 
     t0 = time.perf_counter()
     derived = {}
+    (out / "derivations").mkdir(exist_ok=True)
     for act in DERIVE:
         bar.set_postfix_str(f"derive {act}")
         derived[act] = write_derivation(act, out / "derivations", act, force=True)
@@ -133,27 +134,30 @@ def _run(args: argparse.Namespace, out: Path, final: Path) -> int:
         "files": [derived[a][k] for a in DERIVE for k in ("tex", "json")],
     }
 
-    # 2. certification
+    # 2. certification (pure mpmath, one core): in a worker process, concurrently with the code
+    # generation and the Monte Carlo below (issue 14); its results are collected at the end
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = [pool.submit(_certify_timed, act, B, args.dps) for act in CERTIFY for B in CERT_B]
+        return _run_rest(args, out, final, summary, bar, t_all, pending)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _certify_timed(act: str, B: int, dps: int) -> tuple[Any, float]:
+    """One certification and its wall-clock seconds (runs in the worker process)."""
     from symbnmf.numeric._certify import certify
 
     t0 = time.perf_counter()
-    certs = []
-    for act in CERTIFY:
-        for B in CERT_B:
-            bar.set_postfix_str(f"certify {act} B={B}")
-            certs.append(certify(act, B, args.dps))
-            bar.update()
-    cert_doc = [c.as_json() for c in certs]
-    (out / "certificate.json").write_text(json.dumps(cert_doc, indent=1) + "\n")
-    ok = all(c.ok for c in certs)
-    summary["steps"]["certify"] = {
-        "seconds": round(time.perf_counter() - t0, 2),
-        "ok": ok,
-        "dps": args.dps,
-        "min_digits": round(min(c.min_digits for c in certs), 2),
-        "file": str(out / "certificate.json"),
-    }
+    return certify(act, B, dps), time.perf_counter() - t0
 
+
+def _run_rest(
+    args: argparse.Namespace, out: Path, final: Path, summary: dict[str, Any], bar, t_all: float, pending: list
+) -> int:
     # 3. generated evaluator
     bar.set_postfix_str("codegen relu")
     t0 = time.perf_counter()
@@ -165,6 +169,26 @@ def _run(args: argparse.Namespace, out: Path, final: Path) -> int:
     t0 = time.perf_counter()
     summary["steps"]["validation"] = _validation(out, args, bar)
     summary["steps"]["validation"]["seconds"] = round(time.perf_counter() - t0, 2)
+
+    # 2. (collected) certification
+    certs, seconds = [], 0.0
+    for (act, B), fut in zip([(a, b) for a in CERTIFY for b in CERT_B], pending):
+        bar.set_postfix_str(f"certify {act} B={B}")
+        cert, sec = fut.result()
+        certs.append(cert)
+        seconds += sec
+        bar.update()
+    cert_doc = [c.as_json() for c in certs]
+    (out / "certificate.json").write_text(json.dumps(cert_doc, indent=1) + "\n")
+    ok = all(c.ok for c in certs)
+    summary["steps"]["certify"] = {
+        "seconds": round(seconds, 2),
+        "note": "run in a worker process, concurrently with codegen and validation",
+        "ok": ok,
+        "dps": args.dps,
+        "min_digits": round(min(c.min_digits for c in certs), 2),
+        "file": str(out / "certificate.json"),
+    }
     bar.close()
     summary["seconds"] = round(time.perf_counter() - t_all, 2)
     summary["ok"] = ok and summary["steps"]["codegen"]["ok"] and summary["steps"]["validation"]["ok"]
@@ -217,6 +241,23 @@ def _validation(out: Path, args: argparse.Namespace, bar) -> dict[str, Any]:
     from symbnmf.montecarlo.stats import extrapolate_width
 
     widths = (args.width, 4 * args.width)
+    # compile the next simulations in a background thread while the current one runs (issue 14)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from symbnmf.montecarlo.networks import precompile_simulation
+
+    compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="symbnmf-compile")
+    for act in ("relu", "identity"):
+        for B in MC_B:
+            for N in widths:
+                compiler.submit(precompile_simulation, act, B, N, args.depth, args.networks)
+    try:
+        return _validation_loop(out, args, bar, widths, plt, np, evaluate, simulate, extrapolate_width)
+    finally:
+        compiler.shutdown(wait=False, cancel_futures=True)
+
+
+def _validation_loop(out, args, bar, widths, plt, np, evaluate, simulate, extrapolate_width) -> dict[str, Any]:
     rows = []
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     Bgrid = np.arange(4, 65)

@@ -4,7 +4,8 @@ May import: the base modules, the front door symbnmf._evaluate (theory column), 
 
 from symbnmf.montecarlo.networks import MonteCarloError as MonteCarloError
 from symbnmf.montecarlo.networks import SimulationResult as SimulationResult
+from symbnmf.montecarlo.networks import precompile_simulation as precompile_simulation
 from symbnmf.montecarlo.networks import simulate as simulate
 from symbnmf.montecarlo.stats import extrapolate_width as extrapolate_width
 
-__all__ = ["MonteCarloError", "SimulationResult", "extrapolate_width", "simulate"]
+__all__ = ["MonteCarloError", "SimulationResult", "extrapolate_width", "precompile_simulation", "simulate"]

@@ -82,6 +82,15 @@ def _composite_activation(act: Activation, gamma: float, beta: float) -> Activat
     return Activation(f"{act.label} with BN gamma={gamma:g}, beta={beta:g}", expr)
 
 
+def _require_nondegenerate(act: Activation, gamma: float, beta: float, backward: bool) -> None:
+    """Refuse a degenerate composite φ(γx + β) (e.g. γ = 0: every layer's output is constant)."""
+    why = _composite_activation(act, float(gamma), float(beta)).degeneracy
+    if why is None or (not backward and "phi' = 0" in why):  # a step phi still has a forward pass
+        return
+    fix = "use --gamma != 0 (BN's scale)" if gamma == 0 else "choose another phi, --gamma or --beta"
+    raise MonteCarloError(f"phi(gamma*x + beta) with gamma={gamma:g}, beta={beta:g} is degenerate: {why}; {fix}")
+
+
 def theory_values(
     act: Activation, B: int, *, gamma: float = 1.0, beta: float = 0.0, eps: float = 0.0
 ) -> tuple[dict | None, str | None]:
@@ -97,7 +106,7 @@ def theory_values(
             )
         return None, f"B={B} is outside the theory (needs B >= 4; App. J conjectures B=3 behaves like B=4)"
     if eps != 0:
-        return None, "BN's eps > 0 is outside the mean field formulas (theory uses eps = 0)"
+        return _theory_values_eps(act, B, gamma=gamma, beta=beta, eps=eps)
     try:
         import symbnmf
 
@@ -113,6 +122,26 @@ def theory_values(
             return evaluate(comp, [B], method="fast")[0], None
         except SymbnmfError:
             return evaluate(comp, [B], method="quadrature")[0], None
+    except SymbnmfError as exc:
+        return None, f"no theory value: {exc}"
+    except Exception as exc:
+        return None, f"no theory value ({type(exc).__name__}: {exc})"
+
+
+def _theory_values_eps(act: Activation, B: int, *, gamma: float, beta: float, eps: float) -> tuple[dict | None, str | None]:
+    """The eps > 0 theory (issue 12) at the simulator's conventions: sigma_w^2 = 1, BN with the
+    biased variance and eps inside the square root (:func:`symbnmf.montecarlo.layers.batch_norm`),
+    x = phi(gamma BN(h) + beta); sigma_b drops out of BN. The record's ``fixed_point`` is the
+    covariance of x (= the next pre-activation covariance at sigma_w^2 = 1, sigma_b = 0), as the
+    simulator measures; it gains ``phase`` ("bsb1" | "collapsed"). Fast JAX path, else mpmath."""
+    from symbnmf._evaluate import evaluate
+
+    kw = {"eps": float(eps), "weight_var": 1.0, "gamma": float(gamma), "beta": float(beta)}
+    try:
+        try:
+            return evaluate(act, [B], method="fast", **kw)[0], None
+        except SymbnmfError:
+            return evaluate(act, [B], method="quadrature", **kw)[0], None
     except SymbnmfError as exc:
         return None, f"no theory value: {exc}"
     except Exception as exc:
@@ -236,7 +265,7 @@ def simulate(
     """Simulate ``networks`` batch-normalized networks and compare with the mean field theory.
 
     Conventions: docs/theory.md (σ_w² = 1; BN per unit across the batch with γ, β, ε; γ and β are
-    compared with the theory of φ(γx + β); ε > 0 has no theory value).  The measured
+    compared with the theory of φ(γx + β); ε > 0 is compared with the ε theory of issue 12).  The measured
     ``gradient_rate`` is the per-layer factor by which the *mean over networks* of
     ‖∂loss/∂x^l‖² grows towards the input, fitted on ``fit_window`` (default: depth/10 layers
     trimmed at both ends) — the Monte Carlo counterpart of λ↓_G (Thm 3.9, 3.10), with a
@@ -266,6 +295,7 @@ def simulate(
     )
     act = get_activation(activation)
     act.require_bound()
+    _require_nondegenerate(act, gamma, beta, backward)
     if burn_in is None:
         burn_in = 5 if init == "fixed_point" else 0
     lo, hi = fit_window if fit_window is not None else default_fit_window(L)
@@ -345,6 +375,64 @@ def simulate(
     }
     res.summary["time_s"] = time.perf_counter() - t0
     return res
+
+
+def precompile_simulation(
+    activation: str | Activation,
+    batch_size: int,
+    width: int,
+    depth: int,
+    networks: int,
+    *,
+    dtype: str = "float32",
+    weights: str = "gaussian",
+    method: str = "auto",
+    gamma: float = 1.0,
+    beta: float = 0.0,
+    eps: float = 0.0,
+    sigma_b: float = 0.0,
+    burn_in: int | None = None,
+    init: str = "fixed_point",
+    backward: bool = True,
+    keep_cov: bool = False,
+    memory_bytes: int | None = None,
+    devices: Sequence[Any] | None = None,
+) -> None:
+    """Compile the program :func:`simulate` with the same arguments will run, without running it.
+
+    Thread-safe: ``symbnmf run`` compiles the next simulations in a background thread while the
+    current one runs (XLA compiles on one core, the simulation uses the other); a later
+    :func:`simulate` waits for a compilation in progress instead of repeating it.
+    """
+    B, N, L, K, meth = _validate(
+        batch_size, width, depth, networks, weights, dtype, method, init, gamma, beta, eps, sigma_b, burn_in
+    )
+    act = get_activation(activation)
+    act.require_bound()
+    _require_nondegenerate(act, gamma, beta, backward)
+    if burn_in is None:
+        burn_in = 5 if init == "fixed_point" else 0
+    from symbnmf.montecarlo.run import NetConfig, precompile
+
+    act_key, phi = _jax_phi(act)
+    cfg = NetConfig(
+        N,
+        B,
+        L,
+        int(burn_in),
+        meth,
+        weights,
+        dtype,
+        float(gamma),
+        float(beta),
+        float(eps),
+        float(sigma_b),
+        init,
+        bool(backward),
+        act_key,
+        keep_cov=bool(keep_cov),
+    )
+    precompile(cfg, phi, K, memory_bytes=memory_bytes, devices=devices)
 
 
 def _summarize(res: SimulationResult, lo: int, hi: int) -> dict[str, Any]:
