@@ -370,6 +370,25 @@ def main(argv: list[str] | None = None) -> int:
         (label + ("" if not quick else " (quick size)"), td["median"] <= 1.0 and finite, f"{td['median']:.2f} s")
     )
 
+    # --- cross-check of the composition against symbnmf.kernels.stax (when it exists) ----------
+    try:
+        from symbnmf.kernels import stax
+    except ImportError:
+        stax = None
+    if stax is not None and hasattr(stax, "bn_network"):
+        xs = jnp.asarray(np.random.default_rng(8).standard_normal((8, 16)))
+        ks, ts = stax.bn_network("relu", 3)[2](xs, None, ("nngp", "ntk"))
+        n8 = nodes_needed(np.asarray(xs @ xs.T / 16))
+        km, tm = deep_kernels_fn(3, max(n8, 257))(xs)
+        dk, dt = rel(km, ks), rel(tm, ts)
+        print(
+            f"\n## composition check: this script vs stax.bn_network('relu', 3), B = 8: NNGP rel {dk:.1e}, NTK rel {dt:.1e}"
+        )
+        out["stax_check"] = {"nngp_rel": dk, "ntk_rel": dt}
+        goals.append(
+            ("deep composition agrees with symbnmf.kernels.stax (<= 1e-10)", max(dk, dt) <= 1e-10, f"{max(dk, dt):.1e}")
+        )
+
     print("\n## goals (machine: shared, loaded; ratios from this run)")
     for name, ok, val in goals:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {val}")

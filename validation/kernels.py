@@ -210,10 +210,21 @@ def plot_a(res: dict[str, Any], path: str) -> None:
             ax.semilogy(
                 layers, ref, "-", color=col, lw=1, label=f"theory slope λ↑_{k} = {lam:.3f} (fit {e[k]['rate_fit']:.3f})"
             )
+            if k == "M":  # second order: the square of the L component feeds M at the rate λ↑_L²
+                lam2 = e["theory"]["L"] ** 2
+                hi = e[k]["fit_layers"][1]
+                ax.semilogy(
+                    layers,
+                    gm[hi - 1] * lam2 ** (layers - hi),
+                    ":",
+                    color="k",
+                    lw=1,
+                    label=f"slope (λ↑_L)² = {lam2:.3f}",
+                )
         ax.set_title(f"B = {Bs}: distance of the BN-ReLU kernel to BSB1")
         ax.set_xlabel("layer l")
         ax.set_ylabel("‖component of GΣG/μ − G‖_F")
-        ax.set_ylim(bottom=1e-16)
+        ax.set_ylim(bottom=max(1e-16, 0.1 * min(min(e["L"]["min"]), min(e["M"]["min"]))), top=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -252,12 +263,24 @@ def plot_b(res: dict[str, Any], fin: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def replot() -> None:
+    """Redraw the PNGs from kernels.json (no kernel computation)."""
+    with open(OUT_JSON) as f:
+        d = json.load(f)
+    plot_a(d["a_convergence"], PNG_A)
+    plot_b(d["b_prediction"], d["finite_networks"], PNG_B)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test); writes nothing")
     p.add_argument("--force", action="store_true", help="overwrite kernels.json and the PNGs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replot", action="store_true", help="only redraw the PNGs from kernels.json")
     args = p.parse_args(argv)
+    if args.replot:
+        replot()
+        return 0
     outputs = [OUT_JSON, PNG_A, PNG_B]
     if not args.quick and any(os.path.exists(f) for f in outputs) and not args.force:
         print("outputs exist (kernels.json / kernels_*.png); pass --force to overwrite", file=sys.stderr)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     summary = res.summary()
     if paths is not None:
         write_text(paths["json"], json.dumps(summary, indent=1) + "\n", args.force)
-        write_figure(summary, paths["png"])
+        write_figure(summary, paths["png"], args.force)
         summary["outputs"] = paths
     if args.json:
         print_json(summary)

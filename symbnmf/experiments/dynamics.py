@@ -584,8 +584,15 @@ def plot_dynamic_range(ax: Any, summary: dict[str, Any], label: str = "", color:
     ax.set_ylabel(r"dynamic range $\max_l/\min_l \|\nabla_{W^l}\|$")
 
 
-def write_figure(summary: dict[str, Any], path: str) -> None:
-    """Two panels of one run: gradient profile at steps 0, 1, 10, 100; dynamic range against step."""
+def write_figure(summary: dict[str, Any], path: str, force: bool = False) -> None:
+    """Two panels of one run: gradient profile at steps 0, 1, 10, 100; dynamic range against step.
+
+    Written atomically through :func:`symbnmf._output.atomic_output`: an existing ``path`` is
+    replaced only with ``force``, and never when it is not a regular file.
+    """
+    from symbnmf._output import atomic_output, check_output
+
+    check_output(path, force)  # refuse before drawing
     import matplotlib
 
     matplotlib.use("Agg")
@@ -603,5 +610,8 @@ def write_figure(summary: dict[str, Any], path: str) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path, force, binary=True) as fh:  # no partial PNG on error or Ctrl-C
+            fig.savefig(fh, format="png", dpi=110)
+    finally:
+        plt.close(fig)

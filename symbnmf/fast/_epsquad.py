@@ -452,21 +452,22 @@ def _make_solver(names: tuple[str, ...]):
 
     ia, ib = names.index("a"), names.index("b")
 
-    def F(cab, edges, maps, s, w, mu, Bf, eps, sw):
-        # mu [P] -> F(mu) [P], with (a - b) coefficients cab [P, 1, pieces, D]
-        tau = mu[:, None] * s / (mu[:, None] * s + Bf * eps[:, None])
-        v = _table_eval(cab, edges, maps, tau)[:, 0]
-        return sw * jnp.sum(v * w, axis=-1)
+    def F_over_mu(ch, edges, maps, s, w, mu, Bf, eps, sw):
+        # mu [P] -> F(mu)/mu [P] = sigma_w^2 E[h(tau) s/(mu s + B eps)], h = (a - b)/tau with
+        # coefficients ch [P, 1, pieces, D]: no cancellation as mu -> 0 (the collapse boundary)
+        den = mu[:, None] * s + Bf * eps[:, None]
+        v = _table_eval(ch, edges, maps, mu[:, None] * s / den)[:, 0]
+        return sw * jnp.sum(v * s / den * w, axis=-1)
 
-    def solve(coeffs, edges, maps, s, w, sc, wc, Bf, eps, sw, sup):
-        cab = (coeffs[:, ia] - coeffs[:, ib])[:, None]
+    def solve(coeffs, ch, edges, maps, s, w, sc, wc, Bf, eps, sw, sup):
+        del coeffs
         hi = 4 * sw * jnp.maximum(sup, 1e-30)
         llo, lhi = jnp.log(hi * 1e-14), jnp.log(hi)
         grid = llo[:, None] + (lhi - llo)[:, None] * jnp.arange(MU_GRID)[None, :] / (MU_GRID - 1)  # [P, G]
 
         def g_of(lm):
             mu = jnp.exp(lm)
-            return F(cab, edges, maps, s, w, mu, Bf, eps, sw) / mu - 1
+            return F_over_mu(ch, edges, maps, s, w, mu, Bf, eps, sw) - 1
 
         gs = jax.lax.map(g_of, grid.T).T  # [P, G]
         down = (gs[:, :-1] > 0) & (gs[:, 1:] <= 0)
@@ -501,7 +502,7 @@ def _make_solver(names: tuple[str, ...]):
         lm = jnp.where(jnp.abs(fb) <= jnp.abs(fa), b, a)
         width = jnp.abs(b - a)
         mu = jnp.where(found, jnp.exp(lm), 0.0)
-        resid_c = jnp.where(found, F(cab, edges, maps, sc, wc, jnp.where(found, mu, 1.0), Bf, eps, sw) / mu - 1, 0.0)
+        resid_c = jnp.where(found, F_over_mu(ch, edges, maps, sc, wc, jnp.where(found, mu, 1.0), Bf, eps, sw) - 1, 0.0)
         resid_f = jnp.where(found, jnp.minimum(jnp.abs(fa), jnp.abs(fb)), 0.0)
         return mu, found, resid_f, resid_c, width
 
@@ -527,6 +528,27 @@ def _make_solver(names: tuple[str, ...]):
 @functools.lru_cache(maxsize=8)
 def _solver(names: tuple[str, ...]):
     return _make_solver(names)
+
+
+def _ratio_table(tab: EpsTables, m0: np.ndarray) -> np.ndarray:
+    """Chebyshev coefficients [C, pieces, D] of h(tau) = (a - b)(tau)/tau (h(0) = m0, the slope at 0),
+    re-interpolated at the Lobatto nodes of each piece (a - b vanishes at tau = 0: x = phi(beta))."""
+    ia, ib = tab.names.index("a"), tab.names.index("b")
+    C, _, npieces, D = tab.coeffs.shape
+    n = max(D - 1, 2)
+    xs = np.cos(np.pi * np.arange(n + 1) / n)
+    out = np.zeros((C, npieces, n + 1))
+    for c in range(C):
+        for p in range(npieces):
+            lo, hi = tab.edges[c, p], tab.edges[c, p + 1]
+            if not np.isfinite(hi):
+                continue
+            f = _clenshaw_np(tab.coeffs[c, ia, p] - tab.coeffs[c, ib, p], xs)
+            tau = _tau_of_v(lo, hi, (xs + 1) / 2, int(tab.maps[c, p]))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                h = np.where(tau > 0, f / np.where(tau > 0, tau, 1.0), m0[c])
+            out[c, p] = _cheb(h)
+    return out
 
 
 def _endpoint_values(tab: EpsTables, idx: np.ndarray, tau: float) -> dict[str, np.ndarray]:
@@ -641,6 +663,8 @@ def fast_evaluate_eps(
             at0 = _endpoint_values(tab, idx, 0.0)
             sl = _slope0(tab, idx)
             m0 = sl["a"] - sl["b"]
+            sl_c = _slope0(tab, np.arange(len(combos)))
+            hcoef = _ratio_table(tab, sl_c["a"] - sl_c["b"])
             res["collapse_boundary_eps"][:, bi] = sw * m0 * (Bv - 1) / Bv
             with np.errstate(divide="ignore", invalid="ignore"):
                 res["collapse_slope"][:, bi] = np.where(e == 0, np.inf, sw * (Bv - 1) * m0 / (Bv * e))
@@ -669,7 +693,7 @@ def fast_evaluate_eps(
                 E = jnp.asarray(tab.edges[ci])
                 Mp = jnp.asarray(tab.maps[ci])
                 Bf = float(Bv)
-                args = (C, E, Mp, s_f, w_f, s_c, w_c, Bf, jnp.asarray(e[padsel]), jnp.asarray(sw[padsel]))
+                args = (C, jnp.asarray(hcoef[ci][:, None]), E, Mp, s_f, w_f, s_c, w_c, Bf, jnp.asarray(e[padsel]), jnp.asarray(sw[padsel]))
                 mu, found, rf, rc, _width = (np.asarray(a)[:n_real] for a in solve(*args, jnp.asarray(sup_c[ci])))
                 bad = found & ((np.abs(rf) > 1e-12) | (np.abs(rc) > rtol))
                 if bad.any():
@@ -686,7 +710,10 @@ def fast_evaluate_eps(
                 vf = np.asarray(quants(*qa, s_f, w_f, jnp.asarray(mu_pad), *qb))[:, :n_real]
                 vc = np.asarray(quants(*qa, s_c, w_c, jnp.asarray(mu_pad), *qb))[:, :n_real]
                 err = np.abs(vf - vc)
-                badq = (err > rtol * np.abs(vf) + 1e-14) & found[None]
+                # relative, with an absolute floor: |diag| for the covariance entries, 1 for the
+                # (dimensionless) eigenvalues, e.g. forward.G -> 0 as eps -> 0
+                floor = np.concatenate([np.abs(vf[:1]), np.abs(vf[:1]), np.ones_like(vf[2:])])
+                badq = (err > rtol * np.maximum(np.abs(vf), floor) + 1e-15) & found[None]
                 if badq.any():
                     qi, pi = np.argwhere(badq)[0]
                     i = sel[pi]

@@ -34,6 +34,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
 from symbnmf._errors import SymbnmfError
+from symbnmf.fast._specfun import HELPERS
 
 
 class CodegenError(SymbnmfError):
@@ -135,6 +136,7 @@ class ArrayPrinter:
         self.target = TARGETS[target]
         self.names = dict(names or {})
         self.used_special = False
+        self.used_helpers: set[str] = set()  # names of HELPERS whose source the code needs
 
     # -- entry points -----------------------------------------------------------------------
     def doprint(self, expr: Any) -> str:
@@ -340,6 +342,9 @@ class ArrayPrinter:
     # -- functions --------------------------------------------------------------------------
     def _print_Function(self, expr: sp.Function) -> str:
         name = type(expr).__name__
+        if name in HELPERS:  # a function neither jax.scipy.special nor scipy.special has (fast/_specfun.py)
+            self.used_helpers.add(name)
+            return f"{HELPERS[name][0]}({', '.join(self._print(a) for a in expr.args)})"
         if name not in KNOWN_FUNCTIONS:
             raise CodegenError(
                 f"function {name} has no {self.target.name} translation; known: {', '.join(sorted(KNOWN_FUNCTIONS))}"
@@ -534,10 +539,28 @@ def _namespace(target: str) -> dict[str, Any]:
     return ns
 
 
+def helper_sources(names: Iterable[str], target: str) -> str:
+    """Source of the helper functions (:data:`symbnmf.fast._specfun.HELPERS`) named in ``names``."""
+    return "\n\n".join(HELPERS[n][1](target) for n in sorted(set(names)))
+
+
+def _with_helpers(ns: dict[str, Any], target: str) -> dict[str, Any]:
+    if target == "jax":
+        import jax
+
+        ns["jax"] = jax
+    elif "_sps" not in ns:  # pragma: no cover - scipy missing: helpers need it
+        return ns
+    exec(compile(helper_sources(HELPERS, target), "<symbnmf helpers>", "exec"), ns)
+    return ns
+
+
 @functools.lru_cache(maxsize=512)
 def _compiled(expr: sp.Expr, symbols: tuple[sp.Symbol, ...], target: str) -> Callable[..., Any]:
     src = function_source("_generated", expr, symbols, target=target)
     ns = _namespace(target)
+    if any(type(f).__name__ in HELPERS for f in expr.atoms(sp.Function)):
+        ns = _with_helpers(ns, target)
     exec(compile(src, f"<symbnmf {target} code>", "exec"), ns)
     fn = ns["_generated"]
     fn.__doc__ = f"{expr}\n\nGenerated {target} code:\n\n{src}"

@@ -9,7 +9,7 @@ elementwise, broadcasting, jit/vmap-able (the JAX version), dtype-preserving:
 * z >= 2: the continued fraction P = 1/(z + nu - 1 nu/(z + nu + 2 - 2 (nu + 1)/(z + nu + 4 - ...)))
   (DLMF 8.19.17 / Numerical Recipes 6.3), evaluated backwards from a fixed depth of 60 terms;
 * z < 2: upward recurrence P_{nu+1} = (1 - z P_nu)/nu (DLMF 8.19.12, scaled), which only damps
-  errors once nu > z, from P_1 = e^z E_1(z) (``exp1``) for integer orders and
+  errors once nu > z, from P_1 = e^z E_1(z) (E_1 by its power series) for integer orders and
   P_{1/2} = sqrt(pi/z) e^z erfc(sqrt z) for half-integer orders; at most 256 steps (nu <= 257).
 
 Accuracy in float64 against mpmath: a few ulp over nu in [1, 130], z in [1e-12, 1e6]
@@ -39,7 +39,14 @@ def _expint_scaled(nu, z):
     half = {a}.abs(nu - {a}.floor(nu) - 0.5) < 0.25
     sz = {a}.sqrt(zr)
     p_half = {a}.sqrt({pi} / zr) * {erfcx}(sz)
-    p_one = {a}.exp(zr) * {exp1}(zr)
+    # E_1 by its power series (32 terms: enough for z < 2; jax.scipy.special.exp1 loops forever on
+    # arrays that mix small and large arguments)
+    term = {a}.ones_like(zr)
+    e1 = -{euler} - {a}.log(zr)
+    for k in range(1, 33):
+        term = -term * zr / k
+        e1 = e1 - term / k
+    p_one = {a}.exp(zr) * e1
     start = {a}.where(half, 0.5, 1.0)
     p = {a}.where(half, p_half, p_one)
 {rec_loop}
@@ -70,12 +77,12 @@ def expint_scaled_source(target: str) -> str:
     "numpy": ``np`` and ``_sps`` = scipy.special)."""
     pi = repr(3.141592653589793)
     if target == "jax":
-        a, cf, rec, erfcx, exp1 = "jnp", _JAX_CF, _JAX_REC, "jsp.erfcx", "jsp.exp1"
+        a, cf, rec, erfcx = "jnp", _JAX_CF, _JAX_REC, "jsp.erfcx"
     else:
-        a, cf, rec, erfcx, exp1 = "np", _NP_CF, _NP_REC, "_sps.erfcx", "_sps.exp1"
+        a, cf, rec, erfcx = "np", _NP_CF, _NP_REC, "_sps.erfcx"
     fill = {"a": a, "terms": CF_TERMS, "steps": MAX_STEPS}
     return _COMMON.format(
-        cf_loop=cf.format(**fill), rec_loop=rec.format(**fill), pi=pi, erfcx=erfcx, exp1=exp1, **fill
+        cf_loop=cf.format(**fill), rec_loop=rec.format(**fill), pi=pi, erfcx=erfcx, euler=repr(0.5772156649015329), **fill
     ).lstrip("\n")
 
 

@@ -105,3 +105,168 @@ def _agrees(a: sp.Expr, b: sp.Expr, B: sp.Symbol, u: sp.Symbol) -> bool:
         if abs(x - y) > sp.Float(10, 50) ** -40 * max(1, abs(x)):
             return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact Taylor (Laurent) polynomial in u = 1/B, for large B
+# ---------------------------------------------------------------------------------------------
+class _NoSeries(Exception):
+    """The expression has a piece the truncated-series arithmetic does not handle."""
+
+
+class _Series:
+    """Truncated Laurent series ``u**v * sum(c[j] u**j)`` over a field; ``len(c)`` terms are known."""
+
+    def __init__(self, v: int, c: list, K) -> None:
+        self.v, self.c, self.K = v, c, K
+
+    def strip(self) -> _Series:
+        i = 0
+        while i < len(self.c) and self.c[i] == 0:
+            i += 1
+        if i == len(self.c):
+            raise _NoSeries("series vanishes to the order computed")
+        return _Series(self.v + i, self.c[i:], self.K)
+
+    def __add__(self, o: _Series) -> _Series:
+        v = min(self.v, o.v)
+        end = min(self.v + len(self.c), o.v + len(o.c))
+        c = [self.K.zero] * (end - v)
+        for s in (self, o):
+            for j, x in enumerate(s.c):
+                if s.v + j < end:
+                    c[s.v + j - v] += x
+        return _Series(v, c, self.K)
+
+    def __mul__(self, o: _Series) -> _Series:
+        n = min(len(self.c), len(o.c))
+        c = [sum((self.c[i] * o.c[j - i] for i in range(j + 1)), self.K.zero) for j in range(n)]
+        return _Series(self.v + o.v, c, self.K)
+
+    def inverse(self) -> _Series:
+        s = self.strip()
+        inv0 = 1 / s.c[0]
+        c = [inv0]
+        for j in range(1, len(s.c)):
+            c.append(-inv0 * sum((s.c[i] * c[j - i] for i in range(1, j + 1)), s.K.zero))
+        return _Series(-s.v, c, s.K)
+
+    def compose(self, coeffs: list) -> _Series:
+        """``sum(coeffs[k] * x**k)`` for this series x, which must vanish at u = 0."""
+        x = self.strip()
+        if x.v < 1:
+            raise _NoSeries("inner series does not vanish at u = 0")
+        n = len(x.c) + x.v
+        out = _Series(0, [self.K.zero] * n, self.K)
+        power = _Series(0, [self.K.one] + [self.K.zero] * (n - 1), self.K)
+        for k, ck in enumerate(coeffs):
+            if k:
+                power = power * x
+                power = _Series(power.v, power.c[: max(0, n - power.v)], self.K)
+                if power.v >= n:
+                    break
+            if ck:
+                out = out + _Series(power.v, [ck * t for t in power.c], self.K)
+        return out
+
+
+def _taylor(e: sp.Expr, u: sp.Symbol, n: int, K, gens: dict, spares: list, consts: dict) -> _Series:
+    """Series of ``e`` to ``n`` known terms; ``gens``: SymPy symbol -> field generator."""
+    rec = lambda a: _taylor(a, u, n, K, gens, spares, consts)  # noqa: E731
+    zeros = [K.zero] * (n - 1)
+    if e == u:
+        return _Series(1, [K.one] + zeros, K)
+    if not e.has(u):
+        if e.is_Rational:
+            return _Series(0, [K(e)] + zeros, K)
+        if e in gens:
+            return _Series(0, [gens[e]] + zeros, K)
+        if isinstance(e, (sp.Add, sp.Mul)) or (isinstance(e, sp.Pow) and e.exp.is_Integer):
+            pass  # built from its parts below
+        else:
+            return _Series(0, [_constant(e, spares, consts)] + zeros, K)
+    if isinstance(e, sp.Add):
+        out = rec(e.args[0])
+        for a in e.args[1:]:
+            out = out + rec(a)
+        return out
+    if isinstance(e, sp.Mul):
+        out = rec(e.args[0])
+        for a in e.args[1:]:
+            out = out * rec(a)
+        return out
+    if isinstance(e, sp.Pow) and e.exp.is_Rational:
+        base = rec(e.base).strip()
+        p = e.exp
+        if p.is_Integer:
+            s = base if p > 0 else base.inverse()
+            out = s
+            for _ in range(abs(int(p)) - 1):
+                out = out * s
+            return out
+        if (base.v * p).q != 1:
+            raise _NoSeries("fractional power of u")
+        c0 = base.c[0]
+        root = sp.nsimplify(c0.as_expr() ** p) if not c0.as_expr().free_symbols else None
+        if root is None or not root.is_Rational:
+            root_el = _constant(c0.as_expr() ** p, spares, consts)
+        else:
+            root_el = K(root)
+        x = _Series(0, [t / c0 for t in base.c], K) + _Series(0, [-K.one] + [K.zero] * (len(base.c) - 1), K)
+        binom = [K(sp.binomial(p, k)) for k in range(n + 1)]
+        s = x.compose(binom)
+        return _Series(int(base.v * p) + s.v, [root_el * t for t in s.c], K)
+    if isinstance(e, (sp.asin, sp.acos)) or (isinstance(e, sp.log) and len(e.args) == 1):
+        z = rec(e.args[0])
+        if isinstance(e, sp.log):
+            z = z.strip()
+            if z.v != 0:
+                raise _NoSeries("log of a series with a zero or pole at u = 0")
+            c0 = z.c[0]
+            x = _Series(0, [t / c0 for t in z.c], K) + _Series(0, [-K.one] + [K.zero] * (len(z.c) - 1), K)
+            s = x.compose([K.zero] + [K(sp.Rational((-1) ** (k + 1), k)) for k in range(1, n + 1)])
+            if c0 != K.one:
+                s = s + _Series(0, [_constant(sp.log(c0.as_expr()), spares, consts)] + zeros, K)
+            return s
+        asin = [K.zero] * (n + 1)
+        for k in range(0, (n + 1) // 2):
+            asin[2 * k + 1] = K(sp.factorial(2 * k) / (4**k * sp.factorial(k) ** 2 * (2 * k + 1)))
+        s = z.compose(asin)
+        if isinstance(e, sp.acos):
+            s = _Series(0, [gens[sp.pi] / 2] + zeros, K) + _Series(s.v, [-t for t in s.c], K)
+        return s
+    raise _NoSeries(f"no series rule for {type(e).__name__}")
+
+
+def _constant(value: sp.Expr, spares: list, consts: dict):
+    """A field generator standing for a constant outside the field (log(pi/(pi - 1)), sqrt(2), ...)."""
+    for g, v in consts.items():
+        if v == value:
+            return g
+    if not spares:
+        raise _NoSeries("too many transcendental constants")
+    g = spares.pop(0)
+    consts[g] = value
+    return g
+
+
+def large_B_series(stable: sp.Expr, u: sp.Symbol, n: int) -> sp.Expr:
+    """Exact Laurent polynomial in ``u`` of ``stable`` (a :func:`stable_in_B` form) with ``n`` terms:
+    ``u**v * (c0 + u*(c1 + u*(...)))`` in Horner form. Raises :class:`_NoSeries` if unsupported."""
+    params = sorted(stable.free_symbols - {u}, key=str)
+    pi_ = sp.Dummy("pi")
+    spare_syms = [sp.Dummy(f"K{i}") for i in range(4)]
+    K, *els = sp.field([pi_, *params, *spare_syms], sp.QQ)
+    gens = {sp.pi: els[0], **dict(zip(params, els[1 : 1 + len(params)]))}
+    spares = list(els[1 + len(params) :])
+    consts: dict = {}
+    s = _taylor(stable, u, n + 2, K, gens, spares, consts)
+    s = _Series(s.v, s.c[:n], K)
+    if len(s.c) < n:
+        raise _NoSeries("too few terms")
+    back = {pi_: sp.pi, **{g.as_expr(): v for g, v in consts.items()}}
+    coeffs = [sp.factor(c.as_expr().xreplace(back)) for c in s.c]
+    horner = coeffs[-1]
+    for c in reversed(coeffs[:-1]):
+        horner = c + u * horner
+    return u**s.v * horner

@@ -162,20 +162,26 @@ def gaussian_kernels(S: Any, hom: Homogeneous, *, derivatives: bool = False) -> 
     sq = jnp.sqrt(a_safe)
     scale = sq[..., :, None] * sq[..., None, :]
     both = ok[..., :, None] & ok[..., None, :]
-    rho = jnp.where(both, jnp.clip(S / scale, -1.0, 1.0), 0.0)
-    rho = jnp.where(jnp.eye(S.shape[-1], dtype=bool), 1.0, rho)
+    eye = jnp.eye(S.shape[-1], dtype=bool)
+    # the diagonal (ρ = 1) takes its limits below: arccos and √(1 − ρ²) have infinite slope there,
+    # and 0·∞ would put NaN into forward-mode derivatives
+    rho = jnp.where(both & ~eye, jnp.clip(S / scale, -1.0, 1.0), 0.0)
     al, cp, cm = hom.alpha, hom.cp, hom.cm
     same, cross = cp * cp + cm * cm, 2.0 * cp * cm
     if al == 1.0:
         Vn = same * _k1(rho) + cross * _k1(-rho)
     else:
         Vn = same * _k_alpha(al, rho) + cross * _k_alpha(al, -rho)
+    k_one = 2.0**al * math.gamma(al + 0.5) / (2.0 * math.sqrt(math.pi))  # E[u₊^{2α}], k_α(−1) = 0
+    Vn = jnp.where(eye, same * k_one, Vn)
     V = jnp.where(both, scale**al * Vn, 0.0)
     if not derivatives:
         return (V,)
-    W = jnp.where(both, same * _k0(rho) - cross * _k0(-rho), 0.0)
+    W = jnp.where(both, jnp.where(eye, 0.5 * same, same * _k0(rho) - cross * _k0(-rho)), 0.0)
     ratio = sq[..., None, :] / sq[..., :, None]  # √(S_jj / S_ii)
-    delta = jnp.where(both, (cp + cm) ** 2 * ratio * jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) * _INV2PI, 0.0)
+    delta = jnp.where(
+        both & ~eye, (cp + cm) ** 2 * ratio * jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) * _INV2PI, 0.0
+    )
     return V, W, delta
 
 
@@ -248,29 +254,53 @@ def _s_rule(lam: Any, beps: Any, nodes: int, beta_min: float) -> tuple[Any, Any,
     return s, omega, half
 
 
-def _spectrum(cov: Any) -> tuple[Any, Any]:
+def _spectrum(cov: Any) -> tuple[Any, Any, Any]:
+    """(Σ_G, λ, Q): the eigendecomposition is of stop_gradient(Σ_G); derivatives flow through :func:`_tilt`."""
     B = cov.shape[-1]
     G = jnp.eye(B, dtype=cov.dtype) - 1.0 / B
     SG = G @ cov @ G
     SG = 0.5 * (SG + SG.T)
-    lam, Q = jnp.linalg.eigh(SG)
+    lam, Q = jnp.linalg.eigh(jax.lax.stop_gradient(SG))
     lam = jnp.where(lam > _ZERO_EIG * jnp.max(jnp.abs(lam)), lam, 0.0)
-    return lam, Q
+    return SG, lam, Q
+
+
+@jax.custom_jvp
+def _tilt(SG: Any, lam: Any, Q: Any, s: Any) -> tuple[Any, Any]:
+    """S(s) = Σ_G (I + 2sΣ_G)⁻¹ and log det(I + 2sΣ_G), from Σ_G = Q diag(λ) Qᵀ.
+
+    Its JVP is the exact derivative in Σ_G, dS = A dΣ_G A, d log det = 2s tr(A dΣ_G),
+    A = (I + 2sΣ_G)⁻¹ (the divided differences of λ ↦ λ/(1 + 2sλ) need no eigenvalue gaps), so
+    grad works at degenerate spectra such as BSB1 inputs, where differentiating ``eigh`` fails.
+    """
+    d = 1.0 + 2.0 * s * lam
+    return (Q * (lam / d)) @ Q.T, jnp.sum(jnp.log(d))
+
+
+@_tilt.defjvp
+def _tilt_jvp(primals: Any, tangents: Any) -> tuple[Any, Any]:
+    SG, lam, Q, s = primals
+    dSG = tangents[0]
+    out = _tilt(SG, lam, Q, s)
+    d = 1.0 + 2.0 * s * lam
+    M = Q.T @ dSG @ Q
+    dS = Q @ (M / (d[:, None] * d[None, :])) @ Q.T
+    dlog = 2.0 * s * jnp.sum(jnp.diagonal(M) / d)
+    return out, (dS, dlog)
 
 
 def _nngp_one(cov: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, Any]:
     B = cov.shape[-1]
-    lam, Q = _spectrum(cov)
+    SG, lam, Q = _spectrum(cov)
     beps = B * eps
     al = hom.alpha
-    s, omega, half = _s_rule(lam, beps, nodes, al)
+    s, omega, half = jax.lax.stop_gradient(_s_rule(lam, beps, nodes, al))
 
     def body(carry: Any, xs: Any) -> tuple[Any, None]:
         sn, wn, hn = xs
-        d = 1.0 + 2.0 * sn * lam
-        S = (Q * (lam / d)) @ Q.T
+        S, logdet = _tilt(SG, lam, Q, sn)
         (V,) = gaussian_kernels(S, hom)
-        c = sn ** (al - 1.0) * jnp.exp(-sn * beps - 0.5 * jnp.sum(jnp.log(d)))
+        c = sn ** (al - 1.0) * jnp.exp(-sn * beps - 0.5 * logdet)
         acc, acc_half = carry
         return (acc + (wn * c) * V, acc_half + (hn * c) * V), None
 
@@ -283,29 +313,25 @@ def _nngp_one(cov: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, An
 def _ntk_one(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, Any, Any]:
     """(V, E[J Θ Jᵀ], V by the half rule) for α = 1."""
     B = cov.shape[-1]
-    lam, Q = _spectrum(cov)
+    SG, lam, Q = _spectrum(cov)
     beps = B * eps
-    s, omega, half = _s_rule(lam, beps, nodes, 1.0)
+    s, omega, half = jax.lax.stop_gradient(_s_rule(lam, beps, nodes, 1.0))
     G = jnp.eye(B, dtype=cov.dtype) - 1.0 / B
     Th = G @ theta @ G
     Th = 0.5 * (Th + Th.T)
-    Tq = Q.T @ Th @ Q  # Θ̃ in the eigenbasis
-    QT = Q @ Tq  # Θ̃ Q
 
     def body(carry: Any, xs: Any) -> tuple[Any, None]:
         sn, wn, hn = xs
-        d = 1.0 + 2.0 * sn * lam
-        wl = lam / d
-        S = (Q * wl) @ Q.T
-        R = (QT * wl) @ Q.T  # Θ̃ S
+        S, logdet = _tilt(SG, lam, Q, sn)
+        R = Th @ S  # Θ̃ S
         U = S @ R  # S Θ̃ S
         V, W, De = gaussian_kernels(S, hom, derivatives=True)
         dR = jnp.diagonal(R)
         dU = jnp.diagonal(U)
-        trR = jnp.sum(jnp.diagonal(Tq) * wl)
+        trR = jnp.sum(dR)
         X = dR[:, None] * De + R * W
         Y = trR * V + dU[:, None] * De + (dU[:, None] * De).T + 2.0 * U * W
-        c = jnp.exp(-sn * beps - 0.5 * jnp.sum(jnp.log(d)))
+        c = jnp.exp(-sn * beps - 0.5 * logdet)
         T = Th * W - sn * (X + X.T) + 0.5 * sn * sn * Y
         accV, accT, accH = carry
         return (accV + (wn * c) * V, accT + (wn * c) * T, accH + (hn * c) * V), None

@@ -32,7 +32,11 @@ def _P(nu: Any, z: Any) -> Any:
     """P_nu(z) = e^z E_nu(z) in mpmath (z >= 0, nu > 1 at z = 0)."""
     if z == 0:
         return 1 / (mpmath.mpf(nu) - 1)
-    return mpmath.exp(z) * mpmath.expint(nu, z)
+    # mpmath's expint loses digits for large orders (about 10 at nu = 130, z = 100): work at twice
+    # the precision plus a margin
+    with mpmath.workprec(2 * mp.prec + 64):
+        v = mpmath.exp(z) * mpmath.expint(nu, z)
+    return +v
 
 
 def _compile(act: Any, B: int) -> dict[str, Callable[..., Any]]:

@@ -77,7 +77,7 @@ class expint_scaled(sp.Function):  # noqa: N801 - a SymPy function name, printed
             return None
         import mpmath
 
-        with mpmath.workprec(prec + 20):
+        with mpmath.workprec(2 * prec + 64):  # mpmath's expint loses digits at large orders
             zz, nn = mpmath.mpf(sp.Float(z, prec)._mpf_), mpmath.mpf(sp.Float(nu, prec)._mpf_)
             v = mpmath.exp(zz) * mpmath.expint(nn, zz) if zz > 0 else 1 / (nn - 1)
             return sp.Float._new(mpmath.mpf(v)._mpf_, prec)

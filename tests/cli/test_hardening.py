@@ -57,6 +57,8 @@ BAD = [
     ["derive", "E*x"],
     ["derive", "leaky_relu(x, sqrt(2))"],
     ["check", "relu", "--jobs", "0"],
+    ["simulate", "relu", "-B", "8", "--width", "16", "--depth", "4", "--networks", "2", "--gamma", "0"],
+    ["simulate", "relu", "-B", "8", "--width", "16", "--depth", "4", "--networks", "2", "--gamma", "0", "--beta", "1"],
 ]
 
 

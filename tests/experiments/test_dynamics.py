@@ -138,6 +138,28 @@ def test_cli_json_and_outputs(tmp_path, capsys):
     assert "--force" in json.loads(capsys.readouterr().out)["error"]
 
 
+def test_outputs_go_through_the_safe_writer(tmp_path, capsys):
+    """Issue 10: figure and JSON are written atomically, never over a non-regular file, never into a
+    missing directory, never over an existing file without --force (refused before training)."""
+    from symbnmf._errors import OutputExistsError, OutputPathError
+    from symbnmf.experiments.dynamics import write_figure
+
+    argv = ["dynamics", "relu", "-B", "8", "-L", "3", "-N", "16", "-K", "3", "--seeds", "2", "--json"]
+    (tmp_path / "d.png").mkdir()
+    assert main([*argv, "--output", str(tmp_path / "d"), "--force"]) == 2
+    assert "directory" in json.loads(capsys.readouterr().out)["error"]
+    assert main([*argv, "--output", str(tmp_path / "nodir" / "x")]) == 2
+    assert "does not exist" in json.loads(capsys.readouterr().out)["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png"]  # nothing written, no temporaries
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"keep")
+    with pytest.raises(OutputExistsError, match="--force"):
+        write_figure({}, str(kept))
+    with pytest.raises(OutputPathError, match="not a regular file"):
+        write_figure({}, "/dev/null", force=True)
+    assert kept.read_bytes() == b"keep"
+
+
 def test_rejects_bad_config_before_training(digits):
     with pytest.raises(SymbnmfError, match="optimizer"):
         measure_dynamics(DynamicsConfig(depth=2, batch_size=8, optimizer="adam"), digits)

@@ -280,6 +280,9 @@ def test_batch_two_gradient_vanishes_and_batch_three_has_no_theory():
         (dict(method="fast", weights="orthogonal"), MonteCarloError),
         (dict(eps=-1.0), MonteCarloError),
         (dict(fit_window=(5, 3)), MonteCarloError),
+        (dict(gamma=0.0), MonteCarloError),  # phi(0*x + beta) is constant: degenerate (issue 10)
+        (dict(gamma=0.0, beta=1.0, backward=False), MonteCarloError),
+        (dict(activation="step(x)"), MonteCarloError),  # phi' = 0: no gradient passes
     ],
 )
 def test_bad_input_raises_clear_error(kwargs, err):

@@ -166,3 +166,19 @@ def test_peak_memory_stays_within_budget_when_unchunked_would_not(tmp_path):
     assert 40 * bytes_per_network(cfg) > 20 * budget  # unchunked would be far above the budget
     assert many["memory"]["estimated_peak_bytes"] <= budget + (1 << 20)
     assert many["peak"] <= one["peak"] + budget + (100 << 20), (one, many)
+
+
+def test_precompile_then_simulate_compiles_once():
+    """``symbnmf run`` compiles the next simulations in a background thread: the simulation then
+    reuses that executable (same configuration, same call width) instead of compiling again."""
+    import threading
+
+    from symbnmf.montecarlo import run as R
+    from symbnmf.montecarlo.networks import precompile_simulation
+
+    t = threading.Thread(target=precompile_simulation, args=("relu", 5, 12, 3, 9))
+    t.start()
+    t.join()
+    n = len(R._EXECUTABLES)
+    r = simulate("relu", 5, 12, 3, 9, theory=False)
+    assert len(R._EXECUTABLES) == n and r.grad_x.shape == (9, 4)
