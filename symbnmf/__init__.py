@@ -43,6 +43,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "Derivation": ("symbnmf.symbolic._derivation", "Derivation"),
     "Step": ("symbnmf.symbolic._derivation", "Step"),
     "derive": ("symbnmf.symbolic._derive", "derive"),
+    "derive_eps": ("symbnmf.symbolic._epsforms", "derive_eps"),
     # 3. numeric: mpmath quadrature, Laplace method, certification, limits, transition
     "sphere_quadrature": ("symbnmf.numeric._quadrature", "sphere_quadrature"),
     "sphere_expectations": ("symbnmf.numeric._quadrature", "sphere_expectations"),
@@ -51,6 +52,8 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "laplace_iterate": ("symbnmf.numeric._laplace", "laplace_iterate"),
     "certify": ("symbnmf.numeric._certify", "certify"),
     "Certificate": ("symbnmf.numeric._certify", "Certificate"),
+    "evaluate_eps": ("symbnmf.numeric._epsilon", "evaluate_eps"),
+    "certify_eps": ("symbnmf.numeric._epsforms", "certify_eps"),
     "gaussian_limits": ("symbnmf.numeric._limits", "gaussian_limits"),
     "critical_alpha": ("symbnmf.numeric._transition", "critical_alpha"),
     # 4. fast: JAX code generation and jit quadrature
@@ -121,6 +124,8 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
     from symbnmf.montecarlo.networks import MonteCarloError, SimulationResult, simulate
     from symbnmf.numeric._certify import Certificate, certify
+    from symbnmf.numeric._epsforms import certify_eps
+    from symbnmf.numeric._epsilon import evaluate_eps
     from symbnmf.numeric._laplace import laplace_iterate, laplace_V
     from symbnmf.numeric._limits import gaussian_limits
     from symbnmf.numeric._quadrature import evaluate_quadrature, sphere_expectations, sphere_quadrature
@@ -128,5 +133,6 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.symbolic._algebra import B, SMatrix
     from symbnmf.symbolic._derivation import Derivation, Step
     from symbnmf.symbolic._derive import derive
+    from symbnmf.symbolic._epsforms import derive_eps
     from symbnmf.symbolic._gaussian import LEMMAS, Lemma
     from symbnmf.symbolic._quantities import definitions

@@ -10,8 +10,9 @@ For each sweep:
 
 1. theory curves lambda_down_G and xi = 1/ln lambda_down_G versus the parameter for the
    activation phi(gamma x + beta) (docs/theory.md: BN's gamma, beta absorbed into phi), from the fast
-   JAX quadrature :class:`symbnmf.FastEvaluator` (vectorised over the parameter). eps > 0 has
-   no theory in symbnmf (BN is then not scale invariant; not derived): simulation only.
+   JAX quadrature :class:`symbnmf.FastEvaluator` (vectorised over the parameter). eps > 0: the
+   eps theory of issue 12 (sigma_w^2 = 1, :func:`symbnmf.fast._epsquad.fast_evaluate_eps`), with
+   the collapse boundary eps_c; z = (simulated rate - theory)/s.e. per point (``"z"`` in the JSON).
 2. simulated points: per-layer growth of the mean squared gradient in random networks,
    :func:`symbnmf.simulate` (the project's Monte Carlo; width 1000 by default);
 3. trainability: test accuracy on digits of networks trained with that gamma/beta/eps over a
@@ -67,6 +68,8 @@ SWEEPS: dict[str, dict[str, Any]] = {
         label=r"BN $\epsilon$ (ReLU)",
         values=[0.0, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0],
         theory=None,
+        theory_eps=True,  # the eps > 0 theory (issue 12), fast JAX path, sigma_w^2 = 1
+        fine=np.r_[0.0, np.logspace(-4, 1, 81)],
         log=True,
     ),
 }
@@ -108,6 +111,35 @@ def theory_curve(expr: str, symbol: str, values: np.ndarray, B: int) -> dict[str
         "failed": failed,
         "source": f"FastEvaluator({expr!r}, rtol={THEORY_RTOL}, rules={THEORY_RULES})",
     }
+
+
+def eps_theory_curve(values: np.ndarray, B: int, activation: str = "relu") -> dict[str, Any]:
+    """lambda_down_G, xi and the phase of BN with eps = ``values`` (sigma_w^2 = 1, the simulator's
+    convention) by :func:`symbnmf.fast._epsquad.fast_evaluate_eps` (checked against mpmath at 1e-9)."""
+    from symbnmf.fast._epsquad import fast_evaluate_eps
+
+    r = fast_evaluate_eps(activation, B, eps=np.asarray(values, float), weight_var=1.0)
+    clean = lambda a: [None if not math.isfinite(float(v)) else float(v) for v in a]  # noqa: E731
+    return {
+        "values": [float(v) for v in values],
+        "backward_G": clean(r["backward.G"]),
+        "depth_scale": clean(r["depth_scale"]),
+        "phase": [str(p) for p in r["phase"]],
+        "collapse_boundary_eps": float(r["collapse_boundary_eps"][0]),
+        "failed": [],
+        "source": f"symbnmf.fast._epsquad.fast_evaluate_eps({activation!r}, B={B}, weight_var=1)",
+    }
+
+
+def zscores(res: dict[str, Any]) -> list[float | None]:
+    """(simulated rate - theory lambda_down_G)/stderr at each simulated value (finite width N: the
+    O(1/N) bias of the simulation enters z; see mitigation_width.json for the 1/N trend)."""
+    th = res.get("theory_at_values") or {}
+    out: list[float | None] = []
+    for r, t in zip(res["simulation"], th.get("backward_G") or [None] * len(res["simulation"])):
+        ok = t is not None and r["rate"] and r["stderr"]
+        out.append(float((r["rate"] - t) / r["stderr"]) if ok else None)
+    return out
 
 
 def simulated_rates(sweep: dict[str, Any], B: int, width: int, depth: int, networks: int, seed: int) -> list[dict]:
@@ -174,6 +206,8 @@ def plot(name: str, sweep: dict[str, Any], res: dict[str, Any], path: str) -> No
         ok = [(v, l) for v, l in zip(th["values"], th["backward_G"]) if l is not None]
         if ok:
             ax.plot(*zip(*ok), "k-", label=r"theory $\lambda_G^{\downarrow}$ (fast quadrature)")
+        if th.get("collapse_boundary_eps"):
+            ax.axvline(th["collapse_boundary_eps"], color="C0", ls="--", label=r"collapse boundary $\epsilon_c$")
     ax.axhline((B - 2) / (B - 3), color="gray", ls=":", label=r"linear limit $(B-2)/(B-3)$")
     pos = [(x, r) for x, r in zip(xv, sim) if r["rate"]]
     ax.errorbar(
@@ -240,6 +274,20 @@ def plot(name: str, sweep: dict[str, Any], res: dict[str, Any], path: str) -> No
     ax.set_ylabel("depth (BN layers)")
     ax.set_xlabel(sweep["label"])
     fig.colorbar(mesh, ax=ax, label=f"test accuracy (chance {tr['chance']:.2f})")
+    tv = res.get("theory_at_values")
+    if th and sweep["log"] and tv:
+        # categorical eps axis: 16 xi at the simulated values
+        ok = [(p, 16 * x) for p, x in zip(xpos, tv["depth_scale"]) if x is not None]
+        if ok:
+            import matplotlib.patheffects as pe
+
+            ax.plot(
+                *zip(*ok),
+                "w-o",
+                lw=2,
+                label=r"theory $16\,\xi(\epsilon)$",
+                path_effects=[pe.withStroke(linewidth=3.5, foreground="k")],
+            )
     if th and not sweep["log"]:
         ok = [(v, 16 * x) for v, x in zip(th["values"], th["depth_scale"]) if x is not None]
         if ok:
@@ -360,11 +408,17 @@ def main(argv: list[str] | None = None) -> int:
             cmd.check_outputs([js], a.force)
             for n, res in old["sweeps"].items():
                 sw = SWEEPS[n]
-                if not sw["theory"]:
+                if not sw["theory"] and not sw.get("theory_eps"):
                     continue
                 vals = np.asarray([r["value"] for r in res["simulation"]])
-                res["theory"] = theory_curve(sw["theory"], sw["symbol"], sw["fine"], res["B"])
-                res["theory_at_values"] = theory_curve(sw["theory"], sw["symbol"], vals, res["B"])
+                if sw.get("theory_eps"):
+                    res["theory"] = eps_theory_curve(sw["fine"], res["B"], sw["activation"])
+                    res["theory_at_values"] = eps_theory_curve(vals, res["B"], sw["activation"])
+                    res.pop("theory_reason", None)
+                else:
+                    res["theory"] = theory_curve(sw["theory"], sw["symbol"], sw["fine"], res["B"])
+                    res["theory_at_values"] = theory_curve(sw["theory"], sw["symbol"], vals, res["B"])
+                res["z"] = zscores(res)
                 res["trainability"]["predicted_max_depth"] = [
                     None if x is None else 16 * x for x in res["theory_at_values"]["depth_scale"]
                 ]
@@ -403,18 +457,18 @@ def main(argv: list[str] | None = None) -> int:
             "sim_depth": depth,
             "sim_networks": nets,
         }
-        if sw["theory"]:
+        if sw.get("theory_eps"):
+            res["theory"] = eps_theory_curve(sw["fine"], B, sw["activation"])
+            res["theory_at_values"] = eps_theory_curve(np.asarray(sw["values"]), B, sw["activation"])
+        elif sw["theory"]:
             res["theory"] = theory_curve(sw["theory"], sw["symbol"], sw["fine"], B)
             res["theory_at_values"] = theory_curve(sw["theory"], sw["symbol"], np.asarray(sw["values"]), B)
         else:
             res["theory"] = None
-            res["theory_reason"] = (
-                "eps > 0: BN is no longer scale invariant, the fixed point depends on the weight "
-                "scale; no eps > 0 mean field theory is derived in symbnmf (simulation only)"
-            )
         t1 = time.perf_counter()
         res["simulation"] = simulated_rates(sw, B, width, depth, nets, seed=11)
         t2 = time.perf_counter()
+        res["z"] = zscores(res)
         res["trainability"] = trainability(sw, B, depths, width=128, steps=steps, lr=0.05, seed=5, progress=True)
         t3 = time.perf_counter()
         if res["theory"]:

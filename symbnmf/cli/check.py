@@ -62,6 +62,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="worker processes (default: number of CPU cores, at most one per task)",
     )
+    g = p.add_argument_group(
+        "BN with eps > 0 (issue 12): certify the eps closed forms (symbnmf.derive_eps: identity, relu, leaky_relu) "
+        "against the independent mpmath eps path"
+    )
+    g.add_argument("--eps", default=None, metavar="E", help="BN epsilon > 0 (default: the eps = 0 check)")
+    g.add_argument("--weight-var", default=None, metavar="S", help="sigma_w^2 > 0 (default 1)")
+    g.add_argument("--gamma", default=None, metavar="G", help="BN gamma > 0 (default 1)")
+    g.add_argument("--beta", default=None, metavar="b", help="BN beta (closed forms exist only for beta = 0)")
     add_json_argument(p)
 
 
@@ -86,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     names = args.activation or list(DEFAULT_ACTIVATIONS)
     acts = [get_activation(n, **params) if params else get_activation(n) for n in names]
     Bs = [check_batch_size(_int(b)) for b in (args.batch_size or DEFAULT_BATCH_SIZES)]
+    bn = {k: getattr(args, k, None) for k in ("eps", "weight_var", "gamma", "beta")}
+    if any(v is not None for v in bn.values()):
+        return _run_eps(args, acts, Bs, bn, t0)
     forms: dict[str, dict] = {}
     for act in acts:
         act.require_bound()
@@ -144,6 +155,71 @@ def run(args: argparse.Namespace) -> int:
             f"{'all certified' if ok else 'FAILED'}: min {min_digits} digits, {seconds:.1f} s wall "
             f"({jobs} process{'es' if jobs > 1 else ''}, derivations {t_derive:.1f} s)"
         )
+    return 0 if ok else 1
+
+
+def _run_eps(args: argparse.Namespace, acts: list, Bs: list[int], bn: dict, t0: float) -> int:
+    """``check --eps``: closed forms of the eps > 0 theory against the mpmath eps path (issue 12)."""
+    from symbnmf._errors import NoClosedFormError, SymbnmfError
+    from symbnmf._progress import progress
+    from symbnmf.numeric._epsforms import certify_eps
+    from symbnmf.numeric._epsilon import check_bn_parameters
+    from symbnmf.symbolic._epsforms import in_family
+
+    e, s, g, b = check_bn_parameters(
+        0 if bn["eps"] is None else bn["eps"],
+        1 if bn["weight_var"] is None else bn["weight_var"],
+        1 if bn["gamma"] is None else bn["gamma"],
+        0 if bn["beta"] is None else bn["beta"],
+    )
+    if not e > 0:
+        raise SymbnmfError("check with --weight-var/--gamma/--beta needs --eps E > 0 (e.g. --eps 0.01)")
+    for act in acts:
+        act.require_bound()
+        if not in_family(act) or b != 0 or not g > 0:
+            raise NoClosedFormError(
+                f"no eps > 0 closed form to check for {act.label!r} (only identity, relu, leaky_relu with beta = 0, "
+                "gamma > 0); evaluate it with `symbnmf eval ACT -B B --eps E --method quadrature`"
+            )
+    results: list[dict[str, Any]] = []
+    with progress(len(acts) * len(Bs), desc="check --eps", unit="case", disable=args.json) as bar:
+        for act in acts:
+            for B in Bs:
+                bar.set_postfix_str(f"{act.label} B={B}")
+                results.append(certify_eps(act, B, args.dps, eps=e, weight_var=s, gamma=g).as_json())
+                bar.update(1)
+    ok = all(r["ok"] for r in results)
+    min_digits = min((r["min_digits"] for r in results), default=None)
+    seconds = time.perf_counter() - t0
+    doc = {
+        "dps": args.dps,
+        "eps": float(e),
+        "weight_var": float(s),
+        "gamma": float(g),
+        "beta": float(b),
+        "tolerance": f"|closed form - mpmath eps path| <= 1e-{args.dps - 5} * max(1, |closed form|) at mu = mu*",
+        "ok": ok,
+        "min_digits": min_digits,
+        "activations": [a.label for a in acts],
+        "batch_sizes": Bs,
+        "seconds": round(seconds, 2),
+        "results": results,
+    }
+    if args.json:
+        print_json(doc)
+    else:
+        print(
+            f"# eps > 0 closed forms (derive_eps) vs the mpmath eps path at {args.dps} digits "
+            f"(eps={bn['eps']}, sigma_w^2={float(s)!r}, gamma={float(g)!r})"
+        )
+        print(f"{'activation':>60} {'B':>4} {'min digits':>10}  worst quantity")
+        for r in results:
+            worst = min(r["quantities"], key=lambda q: q["digits"])
+            flag = (
+                "" if r["ok"] else "   DISAGREES: " + ", ".join(q["name"] for q in r["quantities"] if not q["agrees"])
+            )
+            print(f"{r['activation']:>60} {r['B']:>4} {r['min_digits']:>10.1f}  {worst['name']}{flag}")
+        print(f"{'all certified' if ok else 'FAILED'}: min {min_digits} digits, {seconds:.1f} s wall")
     return 0 if ok else 1
 
 

@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "symbnmf.cli.trainability",
     "symbnmf.cli.dynamics",
     "symbnmf.cli.check",
+    "symbnmf.cli.kernel",
 )
 
 

@@ -83,6 +83,44 @@ def theory_records(
     return [out.get(int(b)) for b in Bs], source, reason
 
 
+def theory_records_eps(
+    activation: Any, Bs: Sequence[int], eps: float, gamma: float = 1.0, beta: float = 0.0
+) -> tuple[list[dict | None], str, str | None]:
+    """As :func:`theory_records` for BN with ``eps`` > 0 (issue 12): ``symbnmf.evaluate(..., eps=eps,
+    weight_var=1, gamma=gamma, beta=beta)`` at the trainer's initialisation (sigma_w^2 = 1, biased
+    BN variance, eps inside the square root), fast JAX path, else mpmath. In the collapsed phase
+    (mu* = 0) or without explosion (backward.G <= 1) the record's ``depth_scale`` is None."""
+    from symbnmf._activations import get_activation
+    from symbnmf._evaluate import evaluate
+
+    act = get_activation(activation)
+    good = [int(b) for b in Bs if int(b) >= 4]
+    kw = {"eps": float(eps), "weight_var": 1.0, "gamma": float(gamma), "beta": float(beta)}
+    out: dict[int, dict] = {}
+    reason = None
+    source = "none"
+    try:
+        try:
+            recs = evaluate(act, good, method="fast", **kw) if good else []
+            source = "symbnmf.evaluate(method='fast', eps=...)"
+        except SymbnmfError:
+            recs = evaluate(act, good, method="quadrature", **kw) if good else []
+            source = "symbnmf.evaluate(method='quadrature', eps=...)"
+        for r in recs:
+            out[int(r["B"])] = r
+        collapsed = [int(r["B"]) for r in recs if r.get("phase") == "collapsed"]
+        if collapsed:
+            reason = f"eps = {eps:g}: collapsed phase (mu* = 0) at B = {collapsed}: no depth scale"
+    except SymbnmfError as exc:
+        reason = f"theory unavailable: {exc}"
+    except Exception as exc:
+        reason = f"theory unavailable ({type(exc).__name__}: {exc})"
+    small = [int(b) for b in Bs if int(b) < 4]
+    if small and reason is None:
+        reason = f"B={', '.join(map(str, small))} is outside the theory (needs B >= 4, App. J): no prediction there"
+    return [out.get(int(b)) for b in Bs], source, reason
+
+
 def predicted_max_depth(activation: Any, Bs: Sequence[int], method: str = "auto") -> list[float | None]:
     """Predicted maximum trainable depth 16 xi(B) = 16 / ln backward.G(B) per batch size.
 
@@ -230,18 +268,14 @@ def attach_theory(report: dict[str, Any], theory_method: str = "auto") -> dict[s
     acc = {(r["batch_size"], r["depth"]): r["test_accuracy"] for r in report["runs"]}
     theory_act = _theory_activation(s["activation"], s["gamma"], s["beta"])
     if s["eps"] != 0:
-        recs, source, reason = (
-            [None] * len(batch_sizes),
-            "none",
-            "BN eps > 0 has no mean field theory in symbnmf (theory uses eps = 0)",
-        )
+        recs, source, reason = theory_records_eps(s["activation"], batch_sizes, s["eps"], s["gamma"], s["beta"])
     else:
         recs, source, reason = theory_records(theory_act, batch_sizes, theory_method)
     comparison = []
     for i, b in enumerate(batch_sizes):
         m = max_trainable_depth(depths, [acc[(b, d)] for d in depths], report["threshold"])
         rec = recs[i]
-        pred = None if rec is None else DEPTH_MULTIPLE * float(rec["depth_scale"])
+        pred = None if rec is None or rec.get("depth_scale") is None else DEPTH_MULTIPLE * float(rec["depth_scale"])
         comparison.append(
             {
                 "B": b,

@@ -17,7 +17,7 @@ import sympy as sp
 
 from symbnmf._conventions import CONVENTIONS, QUANTITIES
 from symbnmf.fast._jaxprint import TARGETS, CodegenError, print_assignments
-from symbnmf.fast._stable import stable_in_B
+from symbnmf.fast._stable import SWITCH_B, large_B_form, stable_in_B
 
 #: What each quantity is (docstrings of the generated functions).
 DESCRIPTIONS: dict[str, str] = {
@@ -32,7 +32,7 @@ DESCRIPTIONS: dict[str, str] = {
     "depth_scale": "depth scale xi = 1/ln(lambda_G-down) (Sec. 3.3; depth > ~16 xi is untrainable)",
 }
 
-_RESERVED = {"B", "jax", "jnp", "jsp", "np", "_sps", "_prepare", "_finish", "math", "_uB"}
+_RESERVED = {"B", "jax", "jnp", "jsp", "np", "_sps", "_prepare", "_finish", "math", "_uB", "_uC", "_B0", "_big"}
 
 
 def function_name(quantity: str) -> str:
@@ -123,8 +123,23 @@ def render_module(
         u = sp.Dummy("u", positive=True)  # u = 1/B: the form evaluated (exact; see fast/_stable.py)
         names = {B: "B", u: "_uB", **{p: n for p, n in zip(parameters, pnames)}}
         stable = stable_in_B(expr, B, u)
+        series = large_B_form(stable, u)
+        if series is not None:
+            # B > switch: exact Taylor polynomial in 1/B (accurate B-derivatives); the closed form
+            # only sees B <= switch (clamped, so its unused branch never makes a NaN gradient)
+            uc = sp.Dummy("uc", positive=True)
+            names[uc] = "_uC"
+            stable = sp.Piecewise((series, sp.Symbol("_big")), (stable.xreplace({u: uc}), True))
         lines, (out,), printer = print_assignments([stable], names, target=target)
-        if stable.has(u):
+        if series is not None:
+            a = TARGETS[target].array
+            lines[:0] = [
+                f"_B0 = {SWITCH_B[4]}.0 if B.dtype.itemsize <= 4 else {SWITCH_B[8]}.0  # static under jit",
+                "_big = B > _B0",
+                "_uB = 1/B",
+                f"_uC = {a}.where(_big, 1/_B0, _uB)",
+            ]
+        elif stable.has(u):
             lines.insert(0, "_uB = 1/B")
         uses_special |= printer.used_special
         fname = function_name(q)

@@ -20,8 +20,10 @@ reference is :mod:`symbnmf.numeric._epsilon`, which this module mirrors step by 
    12 and with 8 points per panel; they must agree to ``rtol``.
 3. **The fixed point** mu = F(mu) = sigma_w^2 E_s[(a - b)(tau)]: g(l) = F(e^l)/e^l - 1 on the
    same 48-point log grid as the mpmath path ([4 sigma_w^2 sup(a - b) 1e-14, 4 sigma_w^2
-   sup(a - b)]); the largest bracket where g changes sign from + to - (a stable root) is refined
-   by the Illinois method under jit (vectorised over the grid). No such bracket: phase
+   sup(a - b)], with the coarse rule); the largest bracket where g changes sign from + to - (a stable
+   root) is checked with the fine rule and refined by the Illinois method under jit (vectorised over
+   the grid); g = sigma_w^2 E[h(tau) s/(mu s + B eps)] - 1 with h = (a - b)/tau tabulated, so there is
+   no cancellation near the collapse boundary (mu* -> 0). No such bracket: phase
    "collapsed" (mu* = 0), where the quantities are the mu -> 0+ limits of the mpmath path (NaN
    where they diverge). The coarse s-rule must satisfy |F_coarse(mu*)/mu* - 1| < ``rtol``.
 
@@ -469,7 +471,11 @@ def _make_solver(names: tuple[str, ...]):
             mu = jnp.exp(lm)
             return F_over_mu(ch, edges, maps, s, w, mu, Bf, eps, sw) - 1
 
-        gs = jax.lax.map(g_of, grid.T).T  # [P, G]
+        def g_coarse(lm):
+            return F_over_mu(ch, edges, maps, sc, wc, jnp.exp(lm), Bf, eps, sw) - 1
+
+        # the bracket search uses the coarse rule (signs only; accurate to rtol, checked below)
+        gs = jax.lax.map(g_coarse, grid.T).T  # [P, G]
         down = (gs[:, :-1] > 0) & (gs[:, 1:] <= 0)
         j = (MU_GRID - 2) - jnp.argmax(down[:, ::-1], axis=1)  # largest + -> - bracket
         found = jnp.any(down, axis=1)
@@ -478,8 +484,12 @@ def _make_solver(names: tuple[str, ...]):
         g0 = jnp.take_along_axis(gs, j[:, None], 1)[:, 0]
         g1 = jnp.take_along_axis(gs, j[:, None] + 1, 1)[:, 0]
 
-        def illinois(_, st):
-            a, fa, b, fb, side = st
+        x0, x1 = jnp.minimum(x0, x1), jnp.maximum(x0, x1)
+        g0, g1 = g_of(x0), g_of(x1)
+        ok = (g0 > 0) & (g1 <= 0)  # the coarse bracket must hold for the fine rule too
+
+        def illinois(st):
+            it, a, fa, b, fb, side = st
             c = jnp.where(fb != fa, (a * fb - b * fa) / (fb - fa), (a + b) / 2)
             c = jnp.clip(c, jnp.minimum(a, b), jnp.maximum(a, b))
             fc = g_of(c)
@@ -490,6 +500,7 @@ def _make_solver(names: tuple[str, ...]):
             nside = jnp.where(same, 1, -1)
             done = fc == 0
             return (
+                it + 1,
                 jnp.where(done, c, na),
                 jnp.where(done, 0.0, nfa),
                 c,
@@ -497,13 +508,18 @@ def _make_solver(names: tuple[str, ...]):
                 nside,
             )
 
-        st = (x0, g0, x1, g1, jnp.zeros_like(j))
-        a, fa, b, fb, _ = jax.lax.fori_loop(0, ILLINOIS_STEPS, illinois, st)
+        def going(st):
+            it, a, fa, b, fb, _ = st
+            live = found & (jnp.abs(b - a) > 1e-14) & (jnp.minimum(jnp.abs(fa), jnp.abs(fb)) > 1e-15)
+            return (it < ILLINOIS_STEPS) & jnp.any(live)
+
+        st = (0, x0, g0, x1, g1, jnp.zeros_like(j))
+        _, a, fa, b, fb, _ = jax.lax.while_loop(going, illinois, st)
         lm = jnp.where(jnp.abs(fb) <= jnp.abs(fa), b, a)
         width = jnp.abs(b - a)
         mu = jnp.where(found, jnp.exp(lm), 0.0)
         resid_c = jnp.where(found, F_over_mu(ch, edges, maps, sc, wc, jnp.where(found, mu, 1.0), Bf, eps, sw) - 1, 0.0)
-        resid_f = jnp.where(found, jnp.minimum(jnp.abs(fa), jnp.abs(fb)), 0.0)
+        resid_f = jnp.where(found, jnp.where(ok, jnp.minimum(jnp.abs(fa), jnp.abs(fb)), jnp.inf), 0.0)
         return mu, found, resid_f, resid_c, width
 
     def quantities(coeffs, edges, maps, s, w, mu, Bf, eps, sw, norm, trace):

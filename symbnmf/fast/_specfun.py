@@ -82,7 +82,12 @@ def expint_scaled_source(target: str) -> str:
         a, cf, rec, erfcx = "np", _NP_CF, _NP_REC, "_sps.erfcx"
     fill = {"a": a, "terms": CF_TERMS, "steps": MAX_STEPS}
     return _COMMON.format(
-        cf_loop=cf.format(**fill), rec_loop=rec.format(**fill), pi=pi, erfcx=erfcx, euler=repr(0.5772156649015329), **fill
+        cf_loop=cf.format(**fill),
+        rec_loop=rec.format(**fill),
+        pi=pi,
+        erfcx=erfcx,
+        euler=repr(0.5772156649015329),
+        **fill,
     ).lstrip("\n")
 
 

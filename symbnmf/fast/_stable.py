@@ -21,7 +21,14 @@ from __future__ import annotations
 
 import sympy as sp
 
-__all__ = ["stable_in_B"]
+__all__ = ["large_B_form", "stable_in_B", "SWITCH_B"]
+
+#: Above this B (by float width in bytes) the generated code evaluates the exact Taylor polynomial
+#: in u = 1/B instead of the closed form, whose B-derivative loses ~eps*B relative accuracy when
+#: its 1/B term vanishes (e.g. the |x| fixed point). Checked below: truncation < 1e-12 (float32
+#: switch) and < 1e-18 (float64 switch) relative at the switch.
+SWITCH_B = {4: 1024, 8: 16384}
+_SERIES_TERMS = (6, 8, 10)
 
 _CHECK_POINTS = (4, 5, 7, 12, 101, 10**6 + 3, 10**40 + 7)
 
@@ -264,9 +271,34 @@ def large_B_series(stable: sp.Expr, u: sp.Symbol, n: int) -> sp.Expr:
     s = _Series(s.v, s.c[:n], K)
     if len(s.c) < n:
         raise _NoSeries("too few terms")
-    back = {pi_: sp.pi, **{g.as_expr(): v for g, v in consts.items()}}
-    coeffs = [sp.factor(c.as_expr().xreplace(back)) for c in s.c]
+    back = {pi_: sp.pi, **{g.as_expr(): v.xreplace({pi_: sp.pi}) for g, v in consts.items()}}
+    coeffs = [c.as_expr().xreplace(back) for c in s.c]
     horner = coeffs[-1]
     for c in reversed(coeffs[:-1]):
         horner = c + u * horner
     return u**s.v * horner
+
+
+def large_B_form(stable: sp.Expr, u: sp.Symbol) -> sp.Expr | None:
+    """The exact Taylor polynomial of a :func:`stable_in_B` form for ``B > SWITCH_B``, or None.
+
+    None when the form has free parameters (the coefficients would be large rational functions of
+    them), when a piece has no series rule, or when the truncation error at the float32 / float64
+    switches exceeds 1e-12 / 1e-18 (relative, checked to 50 digits with mpmath).
+    """
+    if stable.free_symbols - {u} or not stable.has(u):
+        return None
+    for n in _SERIES_TERMS:
+        try:
+            ser = large_B_series(stable, u, n)
+        except (_NoSeries, ZeroDivisionError):
+            return None
+        ok = True
+        for b0, tol in ((SWITCH_B[4], 1e-12), (SWITCH_B[8], 1e-18)):
+            x = sp.N(stable.subs(u, sp.Rational(1, b0)), 50)
+            y = sp.N(ser.subs(u, sp.Rational(1, b0)), 50)
+            if not (x.is_real and y.is_real) or abs(x - y) > tol * abs(x):
+                ok = False
+        if ok:
+            return ser
+    return None

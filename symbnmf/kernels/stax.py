@@ -120,7 +120,7 @@ def _gaussian_activation_kernel(activation: Any) -> Callable[[_State], _State]:
     hom = homogeneous(activation)
     if hom is None or hom.alpha != 1.0:
         raise ActivationError(
-            f"the kernel of {activation!r} on Gaussian pre-activations (no BatchNorm before it) is implemented "
+            f"the kernel of {getattr(activation, 'label', activation)} on Gaussian pre-activations (no BatchNorm before it) is implemented "
             "for identity, relu, leaky_relu(a) only; put a BatchNorm before it or use one of those"
         )
 

@@ -4,6 +4,8 @@ May import: the base modules, symbnmf.symbolic (definitions, closed forms), SymP
 
 from symbnmf.numeric._certify import Certificate as Certificate
 from symbnmf.numeric._certify import certify as certify
+from symbnmf.numeric._epsforms import certify_eps as certify_eps
+from symbnmf.numeric._epsilon import evaluate_eps as evaluate_eps
 from symbnmf.numeric._laplace import laplace_iterate as laplace_iterate
 from symbnmf.numeric._laplace import laplace_V as laplace_V
 from symbnmf.numeric._limits import gaussian_limits as gaussian_limits
@@ -15,7 +17,9 @@ from symbnmf.numeric._transition import critical_alpha as critical_alpha
 __all__ = [
     "Certificate",
     "certify",
+    "certify_eps",
     "critical_alpha",
+    "evaluate_eps",
     "evaluate_quadrature",
     "gaussian_limits",
     "laplace_V",

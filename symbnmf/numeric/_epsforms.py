@@ -179,18 +179,18 @@ def certify_eps(
     from symbnmf._activations import get_activation
     from symbnmf.numeric._epsilon import (
         EpsSetting,
-        chi2_expectation,
+        _tau,
         check_bn_parameters,
+        chi2_expectation,
         collapse_slope,
         eigenvalues,
         fixed_point_map,
         tau_tables,
-        _tau,
     )
 
     act = get_activation(activation)
     act.require_bound()
-    e, s, g, b = check_bn_parameters(eps, weight_var, gamma, 0)
+    e, s, g, _ = check_bn_parameters(eps, weight_var, gamma, 0)
     Bv = check_batch_size(B)
     if not isinstance(dps, int) or dps < 10:
         raise SymbnmfError(f"--dps must be an integer >= 10 to certify, got {dps!r}")

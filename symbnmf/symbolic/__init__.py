@@ -9,6 +9,7 @@ from symbnmf.symbolic._algebra import piece_direction as piece_direction
 from symbnmf.symbolic._derivation import Derivation as Derivation
 from symbnmf.symbolic._derivation import Step as Step
 from symbnmf.symbolic._derive import derive as derive
+from symbnmf.symbolic._epsforms import derive_eps as derive_eps
 from symbnmf.symbolic._gaussian import LEMMAS as LEMMAS
 from symbnmf.symbolic._gaussian import Lemma as Lemma
 from symbnmf.symbolic._quantities import QuantityDefinition as QuantityDefinition
@@ -27,5 +28,6 @@ __all__ = [
     "Step",
     "definitions",
     "derive",
+    "derive_eps",
     "piece_direction",
 ]

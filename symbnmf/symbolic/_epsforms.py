@@ -47,7 +47,7 @@ MU = sp.Symbol("mu", positive=True)
 _k, _c, _s = sp.symbols("k c s", positive=True)
 
 
-class expint_scaled(sp.Function):  # noqa: N801 - a SymPy function name, printed by fast._jaxprint
+class expint_scaled(sp.Function):  # a SymPy function name, printed by fast._jaxprint
     r"""P_nu(z) = e^z E_nu(z), the scaled generalised exponential integral (z >= 0).
 
     P_nu(z) = int_0^oo e^{-z v} (1 + v)^{-nu} dv is bounded (<= 1/(nu - 1) for nu > 1) and never
@@ -231,7 +231,7 @@ def in_family(act: Activation) -> bool:
     """True for piecewise-polynomial phi positive-homogeneous of degree 1 (identity, ReLU, leaky ReLU)."""
     try:
         return bool(act.has_closed_form and act.half_polynomial is not None and act.homogeneity == 1)
-    except Exception:  # noqa: BLE001 - any failure of the structural tests means "not in the family"
+    except Exception:  # any failure of the structural tests means "not in the family"
         return False
 
 

@@ -71,6 +71,7 @@ def test_matches_laplace_V_at_random_psd(B, seed, act, low):
     assert rel(batchnorm_nngp(cov, act), ref) < 1e-12
 
 
+@pytest.mark.slow
 def test_alpha_relu_matches_laplace_V():
     # laplace_V's degree-α wedge integrals are mpmath quadratures per entry and node: keep B small
     cov = random_cov(4, 5)

@@ -105,7 +105,13 @@ def test_collapse_boundary_relu():
 
 def test_forward_G_is_derivative_of_the_map():
     d = derive_eps("relu")
-    vals = {B: 6, EPS: sp.Rational(1, 20), WEIGHT_VAR: sp.Rational(3, 2), GAMMA: sp.Rational(6, 5), MU: sp.Rational(1, 3)}
+    vals = {
+        B: 6,
+        EPS: sp.Rational(1, 20),
+        WEIGHT_VAR: sp.Rational(3, 2),
+        GAMMA: sp.Rational(6, 5),
+        MU: sp.Rational(1, 3),
+    }
     fG = sp.N(d.quantities["forward.G"].subs(vals), 40)
     dF = sp.N(sp.diff(d.fixed_point_map, MU).subs(vals), 40)
     assert abs(fG - dF) < 1e-35
