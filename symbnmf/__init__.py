@@ -66,6 +66,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "simulate": ("symbnmf.montecarlo.networks", "simulate"),
     "SimulationResult": ("symbnmf.montecarlo.networks", "SimulationResult"),
     "MonteCarloError": ("symbnmf.montecarlo.networks", "MonteCarloError"),
+    "precompile_simulation": ("symbnmf.montecarlo.networks", "precompile_simulation"),
     # 6. experiments: training and trainability
     "TrainConfig": ("symbnmf.experiments.train", "TrainConfig"),
     "TrainResult": ("symbnmf.experiments.train", "TrainResult"),
@@ -122,7 +123,7 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.experiments.trainability import run_grid as trainability_grid
     from symbnmf.fast import codegen
     from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
-    from symbnmf.montecarlo.networks import MonteCarloError, SimulationResult, simulate
+    from symbnmf.montecarlo.networks import MonteCarloError, SimulationResult, precompile_simulation, simulate
     from symbnmf.numeric._certify import Certificate, certify
     from symbnmf.numeric._epsforms import certify_eps
     from symbnmf.numeric._epsilon import evaluate_eps

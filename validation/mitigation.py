@@ -119,7 +119,7 @@ def eps_theory_curve(values: np.ndarray, B: int, activation: str = "relu") -> di
     from symbnmf.fast._epsquad import fast_evaluate_eps
 
     r = fast_evaluate_eps(activation, B, eps=np.asarray(values, float), weight_var=1.0)
-    clean = lambda a: [None if not math.isfinite(float(v)) else float(v) for v in a]  # noqa: E731
+    clean = lambda a: [None if not math.isfinite(float(v)) else float(v) for v in a]
     return {
         "values": [float(v) for v in values],
         "backward_G": clean(r["backward.G"]),

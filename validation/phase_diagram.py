@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 ax.set_xlabel(r"$\sigma_w^2$")
                 ax.set_ylabel(r"BN $\epsilon$")
                 ax.set_title(
-                    f"{act}, B={B}: " + ("gradient explosion rate" if i == 0 else "depth scale")
+                    f"{act}, B={B}: "
+                    + ("gradient explosion rate" if i == 0 else "depth scale")
                     + f"\n(ε=0: λ={rec['eps_zero']['backward_G']:.4f}, ξ={rec['eps_zero']['depth_scale']:.2f})",
                     fontsize=10,
                 )

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: closed form when phi has one, else certified mpmath quadrature",
     )
     p.add_argument("--fast", action="store_true", help="shorthand for --method fast (JAX Gauss quadrature)")
-    g = p.add_argument_group("BN with eps > 0 (issue 12; any of these selects the eps theory: mpmath, or JAX with --fast)")
+    g = p.add_argument_group(
+        "BN with eps > 0 (issue 12; any of these selects the eps theory: mpmath, or JAX with --fast)"
+    )
     g.add_argument("--eps", default=None, metavar="E", help="BN epsilon >= 0 (default: the eps = 0 theory)")
     g.add_argument("--weight-var", default=None, metavar="S", help="sigma_w^2 > 0 (default 1)")
     g.add_argument("--gamma", default=None, metavar="g", help="BN scale gamma != 0 (default 1)")

@@ -101,7 +101,7 @@ def _eps_plan(phi: sp.Expr, beta_zero: bool) -> tuple[_Plan, tuple[str, ...]]:
                 esyms.append(sp.Symbol(f"_e{len(esyms)}"))
             total += sp.sympify(coeff) * esyms[index[key]]
         exprs.append(total)
-    f, df = bn_activation(phi, x, _GSYM, beta)
+    f, _ = bn_activation(phi, x, _GSYM, beta)
     kinks = kink_expressions(_Duck(f, sp.diff(f, x), str(phi)))
     iterated = not all(k == 0 for k in kinks)
     one_idx = tuple(i for i, (f1, f2) in enumerate(pairs) if iterated and (f1 == 1 or f2 == 1))
@@ -154,7 +154,7 @@ class _EpsIntegrals(FastEvaluator):
     """The eps integrals at (t, gamma[, beta]) grid points: :class:`FastEvaluator` with the plan of
     :func:`_eps_plan` (same rules, same fine/coarse self-check and escalation)."""
 
-    def __init__(self, phi: sp.Expr, beta_zero: bool, rtol: float) -> None:  # noqa: D107
+    def __init__(self, phi: sp.Expr, beta_zero: bool, rtol: float) -> None:
         plan, pnames = _eps_plan(phi, beta_zero)
         self.activation = _Duck(phi, sp.S.Zero, f"eps integrals of {phi}")  # type: ignore[assignment]
         self.quantities = plan.names
@@ -526,7 +526,7 @@ def _make_solver(names: tuple[str, ...]):
         """diag, offdiag, forward[3], backward[3] at mu > 0 with one s-rule."""
         tau = mu[:, None] * s / (mu[:, None] * s + Bf * eps[:, None])
         v = _table_eval(coeffs, edges, maps, tau)  # [P, n, M]
-        E = lambda f: jnp.sum(f * w, axis=-1)  # noqa: E731
+        E = lambda f: jnp.sum(f * w, axis=-1)
         out = [sw * E(v[:, ia]), sw * E(v[:, ib])]
         k = {n: i for i, n in enumerate(names)}
         fw, bw = [], []
@@ -709,7 +709,19 @@ def fast_evaluate_eps(
                 E = jnp.asarray(tab.edges[ci])
                 Mp = jnp.asarray(tab.maps[ci])
                 Bf = float(Bv)
-                args = (C, jnp.asarray(hcoef[ci][:, None]), E, Mp, s_f, w_f, s_c, w_c, Bf, jnp.asarray(e[padsel]), jnp.asarray(sw[padsel]))
+                args = (
+                    C,
+                    jnp.asarray(hcoef[ci][:, None]),
+                    E,
+                    Mp,
+                    s_f,
+                    w_f,
+                    s_c,
+                    w_c,
+                    Bf,
+                    jnp.asarray(e[padsel]),
+                    jnp.asarray(sw[padsel]),
+                )
                 mu, found, rf, rc, _width = (np.asarray(a)[:n_real] for a in solve(*args, jnp.asarray(sup_c[ci])))
                 bad = found & ((np.abs(rf) > 1e-12) | (np.abs(rc) > rtol))
                 if bad.any():
@@ -772,8 +784,9 @@ def evaluate_eps_fast(
 ) -> dict[str, Any]:
     """One grid point of :func:`fast_evaluate_eps` in the form of
     :func:`symbnmf.numeric._epsilon.evaluate_eps` (floats, None where undefined, ``_meta``)."""
-    r = fast_evaluate_eps(activation, int(B), eps=float(eps), weight_var=float(weight_var), gamma=float(gamma),
-                          beta=float(beta))
+    r = fast_evaluate_eps(
+        activation, int(B), eps=float(eps), weight_var=float(weight_var), gamma=float(gamma), beta=float(beta)
+    )
     out: dict[str, Any] = {}
     for q in QUANTITIES:
         v = float(r[q])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-__all__ = ["large_B_form", "stable_in_B", "SWITCH_B"]
+__all__ = ["SWITCH_B", "large_B_form", "stable_in_B"]
 
 #: Above this B (by float width in bytes) the generated code evaluates the exact Taylor polynomial
 #: in u = 1/B instead of the closed form, whose B-derivative loses ~eps*B relative accuracy when
@@ -179,7 +179,7 @@ class _Series:
 
 def _taylor(e: sp.Expr, u: sp.Symbol, n: int, K, gens: dict, spares: list, consts: dict) -> _Series:
     """Series of ``e`` to ``n`` known terms; ``gens``: SymPy symbol -> field generator."""
-    rec = lambda a: _taylor(a, u, n, K, gens, spares, consts)  # noqa: E731
+    rec = lambda a: _taylor(a, u, n, K, gens, spares, consts)
     zeros = [K.zero] * (n - 1)
     if e == u:
         return _Series(1, [K.one] + zeros, K)

@@ -128,7 +128,9 @@ def theory_values(
         return None, f"no theory value ({type(exc).__name__}: {exc})"
 
 
-def _theory_values_eps(act: Activation, B: int, *, gamma: float, beta: float, eps: float) -> tuple[dict | None, str | None]:
+def _theory_values_eps(
+    act: Activation, B: int, *, gamma: float, beta: float, eps: float
+) -> tuple[dict | None, str | None]:
     """The eps > 0 theory (issue 12) at the simulator's conventions: sigma_w^2 = 1, BN with the
     biased variance and eps inside the square root (:func:`symbnmf.montecarlo.layers.batch_norm`),
     x = phi(gamma BN(h) + beta); sigma_b drops out of BN. The record's ``fixed_point`` is the
