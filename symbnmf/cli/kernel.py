@@ -33,9 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--W-std", type=float, default=1.0, help="weight standard deviation (default 1)")
     p.add_argument("--b-std", type=float, default=0.0, help="bias standard deviation (default 0)")
     p.add_argument("--get", default="nngp,ntk", help="comma-separated: nngp, ntk (default both)")
-    p.add_argument(
-        "-o", "--output", metavar="OUT.npy", help="save the kernels: shape (k, B, B) in the order of --get"
-    )
+    p.add_argument("-o", "--output", metavar="OUT.npy", help="save the kernels: shape (k, B, B) in the order of --get")
     p.add_argument("--force", action="store_true", help="overwrite OUT.npy")
     add_json_argument(p)
 

@@ -281,10 +281,10 @@ def optimizer_update(optimizer: str, params: Any, state: Any, grads: Any, lr: An
     raise SymbnmfError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
-_COMPILED: dict[tuple, Callable] = {}
+_COMPILED: dict[tuple, tuple[Callable, Callable]] = {}
 
 
-def _compiled_trainer(activation: str, eps: float, optimizer: str) -> Callable:
+def _compiled_trainer(activation: str, eps: float, optimizer: str) -> tuple[Callable, Callable]:
     key = (activation, float(eps), optimizer)
     if key in _COMPILED:
         return _COMPILED[key]

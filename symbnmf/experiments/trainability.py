@@ -199,7 +199,7 @@ def run_grid(
     ds = load_digits()
     acc = np.zeros((len(batch_sizes), len(depths)))
     acc_sd = np.zeros_like(acc)
-    runs = []
+    runs: list[dict[str, Any]] = []
     cells = [(i, j) for i in range(len(batch_sizes)) for j in range(len(depths))]
     for i, j in _progress(iterable=cells, desc="trainability", unit="cell", disable=not progress):
         cfg = TrainConfig(

@@ -169,7 +169,8 @@ def gaussian_kernels(S: Any, hom: Homogeneous, *, derivatives: bool = False) -> 
     al, cp, cm = hom.alpha, hom.cp, hom.cm
     same, cross = cp * cp + cm * cm, 2.0 * cp * cm
     if al == 1.0:
-        Vn = same * _k1(rho) + cross * _k1(-rho)
+        k = _k1(rho)
+        Vn = same * k + cross * (k - 0.5 * rho)  # k₁(−ρ) = k₁(ρ) − ρ/2: one arccos per entry
     else:
         Vn = same * _k_alpha(al, rho) + cross * _k_alpha(al, -rho)
     k_one = 2.0**al * math.gamma(al + 0.5) / (2.0 * math.sqrt(math.pi))  # E[u₊^{2α}], k_α(−1) = 0
@@ -177,7 +178,8 @@ def gaussian_kernels(S: Any, hom: Homogeneous, *, derivatives: bool = False) -> 
     V = jnp.where(both, scale**al * Vn, 0.0)
     if not derivatives:
         return (V,)
-    W = jnp.where(both, jnp.where(eye, 0.5 * same, same * _k0(rho) - cross * _k0(-rho)), 0.0)
+    k0 = _k0(rho)
+    W = jnp.where(both, jnp.where(eye, 0.5 * same, same * k0 - cross * (0.5 - k0)), 0.0)  # k₀(−ρ) = ½ − k₀(ρ)
     ratio = sq[..., None, :] / sq[..., :, None]  # √(S_jj / S_ii)
     delta = jnp.where(
         both & ~eye, (cp + cm) ** 2 * ratio * jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) * _INV2PI, 0.0
@@ -370,7 +372,9 @@ def _check_cov(cov: Any, what: str = "cov") -> None:
         raise KernelError(f"{what} is not symmetric; symmetrise it ((Σ + Σᵀ)/2)")
     ev = np.linalg.eigvalsh(0.5 * (c + np.swapaxes(c, -1, -2)))
     if np.any(ev[..., 0] < -1e-10 * scale[..., 0, 0]):
-        raise KernelError(f"{what} is not positive semidefinite (eigenvalue {ev[..., 0].min():.3g}); a covariance must be PSD")
+        raise KernelError(
+            f"{what} is not positive semidefinite (eigenvalue {ev[..., 0].min():.3g}); a covariance must be PSD"
+        )
     G = np.eye(B) - 1.0 / B
     SG = G @ c @ G
     if np.any(np.max(np.abs(SG), axis=(-2, -1)) <= 1e-12 * scale[..., 0, 0]):

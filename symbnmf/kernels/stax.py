@@ -335,7 +335,9 @@ def serial(*layers: Layer) -> Layer:
     return Layer(init_fn, apply_fn, _make_kernel_fn(steps), _Spec("serial", {"layers": flat}))
 
 
-def bn_network(activation: Any, depth: int, *, width: int = 1, eps: float = 0.0, W_std: float = 1.0, b_std: float = 0.0) -> Layer:
+def bn_network(
+    activation: Any, depth: int, *, width: int = 1, eps: float = 0.0, W_std: float = 1.0, b_std: float = 0.0
+) -> Layer:
     """``depth`` blocks Dense → BatchNorm → φ, then a Dense read-out: the network of the mean field
     theory (theory.md) with a linear read-out. ``width`` only matters for ``apply_fn``."""
     if not isinstance(depth, int) or depth < 0:

@@ -21,7 +21,10 @@ def inputs(tmp_path):
 
 def test_json_and_saved_array_match_the_library(inputs, tmp_path, capsys):
     out = tmp_path / "k.npy"
-    assert main(["kernel", "relu", "--inputs", str(inputs), "--depth", "2", "--eps", "0.01", "-o", str(out), "--json"]) == 0
+    assert (
+        main(["kernel", "relu", "--inputs", str(inputs), "--depth", "2", "--eps", "0.01", "-o", str(out), "--json"])
+        == 0
+    )
     rec = json.loads(capsys.readouterr().out)
     assert rec["B"] == 6 and rec["get"] == ["nngp", "ntk"]
     saved = np.load(out)

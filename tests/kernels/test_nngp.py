@@ -51,7 +51,7 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def theory(act: str, B: int) -> dict:
     return symbnmf.evaluate(act, [B])[0]
 
