@@ -67,7 +67,13 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "SimulationResult": ("symbnmf.montecarlo.networks", "SimulationResult"),
     "MonteCarloError": ("symbnmf.montecarlo.networks", "MonteCarloError"),
     "precompile_simulation": ("symbnmf.montecarlo.networks", "precompile_simulation"),
-    # 6. experiments: training and trainability
+    # 6. kernels: exact NNGP / NTK of wide BN networks on a batch (issue 11)
+    "batchnorm_nngp": ("symbnmf.kernels.nngp", "batchnorm_nngp"),
+    "batchnorm_ntk": ("symbnmf.kernels.nngp", "batchnorm_ntk"),
+    "batchnorm_cross_nngp": ("symbnmf.kernels.cross", "batchnorm_cross_nngp"),
+    "KernelError": ("symbnmf.kernels.nngp", "KernelError"),
+    "stax": ("symbnmf.kernels.stax", ""),
+    # 7. experiments: training and trainability
     "TrainConfig": ("symbnmf.experiments.train", "TrainConfig"),
     "TrainResult": ("symbnmf.experiments.train", "TrainResult"),
     "load_digits": ("symbnmf.experiments.train", "load_digits"),
@@ -123,6 +129,9 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.experiments.trainability import run_grid as trainability_grid
     from symbnmf.fast import codegen
     from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
+    from symbnmf.kernels import stax
+    from symbnmf.kernels.cross import batchnorm_cross_nngp
+    from symbnmf.kernels.nngp import KernelError, batchnorm_nngp, batchnorm_ntk
     from symbnmf.montecarlo.networks import MonteCarloError, SimulationResult, precompile_simulation, simulate
     from symbnmf.numeric._certify import Certificate, certify
     from symbnmf.numeric._epsforms import certify_eps

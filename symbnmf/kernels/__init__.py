@@ -3,9 +3,10 @@ Laplace method (Thm 3.2) with BN's ε, stax-like layer combinators whose apply_f
 May import: the base modules, symbolic, numeric, fast, the front door symbnmf._evaluate, montecarlo, JAX."""
 
 from symbnmf.kernels import stax as stax
+from symbnmf.kernels.cross import batchnorm_cross_nngp as batchnorm_cross_nngp
 from symbnmf.kernels.nngp import KernelError as KernelError
 from symbnmf.kernels.nngp import MonteCarloKernel as MonteCarloKernel
 from symbnmf.kernels.nngp import batchnorm_nngp as batchnorm_nngp
 from symbnmf.kernels.nngp import batchnorm_ntk as batchnorm_ntk
 
-__all__ = ["KernelError", "MonteCarloKernel", "batchnorm_nngp", "batchnorm_ntk", "stax"]
+__all__ = ["KernelError", "MonteCarloKernel", "batchnorm_cross_nngp", "batchnorm_nngp", "batchnorm_ntk", "stax"]

@@ -48,3 +48,15 @@ def test_static_listing_matches_the_modules():
     for modname in COMMAND_MODULES:
         mod = importlib.import_module(modname)
         assert command_info(modname) == (mod.NAME, mod.HELP), modname
+
+
+def test_memory_budget_sizes():
+    from symbnmf._errors import SymbnmfError
+    from symbnmf.cli.simulate import parse_size
+
+    assert parse_size(None) is None
+    assert parse_size("512M") == 512 << 20 and parse_size("2G") == 2 << 30 and parse_size("1.5GiB") == 3 << 29
+    assert parse_size("300000") == 300000 and parse_size("64kb") == 64 << 10
+    for bad in ("", "-1G", "lots", "0", "1e30T"):
+        with pytest.raises(SymbnmfError, match="memory-budget"):
+            parse_size(bad)

@@ -21,7 +21,7 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
 
 
-@pytest.mark.parametrize("B", [4, 8])
+@pytest.mark.parametrize("B", [4, pytest.param(8, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_same_batch_twice_is_the_nngp(B, eps):
     """h₂ = h₁ (C = Σ₁₁ = Σ₂₂): the 2-D integral must reproduce the 1-D kernel (the degenerate worst case)."""

@@ -101,7 +101,7 @@ def radial_factor(B: int, q: float, eps: float, alpha: float) -> float:
 
 @pytest.mark.parametrize("B", [4, 16, 128])
 @pytest.mark.parametrize("eps", [1e-3, 1.0])
-@pytest.mark.parametrize("act", ["relu", "leaky_relu(0.2)"])
+@pytest.mark.parametrize("act", ["relu", pytest.param("leaky_relu(0.2)", marks=pytest.mark.slow)])
 def test_eps_at_bsb1_matches_radial_factorisation(B, eps, act):
     fp = theory(act, B)["fixed_point"]
     star = bsb1(B, fp["diag"], fp["offdiag"])
@@ -170,7 +170,10 @@ def test_ntk_transport_has_the_backward_eigenvalues(act, B):
 # --- Monte Carlo (independent Jacobians) ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("act", "B", "eps"), [("relu", 6, 0.0), ("leaky_relu(0.2)", 4, 0.5), ("identity", 7, 0.01)])
+@pytest.mark.parametrize(
+    ("act", "B", "eps"),
+    [("relu", 6, 0.0), ("leaky_relu(0.2)", 4, 0.5), pytest.param("identity", 7, 0.01, marks=pytest.mark.slow)],
+)
 def test_ntk_against_monte_carlo(act, B, eps):
     cov = random_cov(B, 7 * B)
     theta = random_cov(B, 11 * B)
