@@ -60,6 +60,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "codegen": ("symbnmf.fast.codegen", ""),
     "FastEvaluator": ("symbnmf.fast._fastquad", "FastEvaluator"),
     "fast_evaluate": ("symbnmf.fast._fastquad", "fast_evaluate"),
+    "fast_evaluate_eps": ("symbnmf.fast._epsquad", "fast_evaluate_eps"),
     # front door: one call, any method
     "evaluate": ("symbnmf._evaluate", "evaluate"),
     # 5. montecarlo: finite-width networks
@@ -128,6 +129,7 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.experiments.trainability import predicted_max_depth
     from symbnmf.experiments.trainability import run_grid as trainability_grid
     from symbnmf.fast import codegen
+    from symbnmf.fast._epsquad import fast_evaluate_eps
     from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
     from symbnmf.kernels import stax
     from symbnmf.kernels.cross import batchnorm_cross_nngp

@@ -33,7 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fast", action="store_true", help="shorthand for --method fast (JAX Gauss quadrature)")
     g = p.add_argument_group(
-        "BN with eps > 0 (issue 12; any of these selects the eps theory: mpmath, or JAX with --fast)"
+        "BN with eps > 0",
+        "Any of these selects the eps theory: closed form for identity/relu/leaky_relu at "
+        "eps > 0, beta = 0, gamma > 0, else mpmath; JAX with --fast. Output adds the phase (bsb1 | collapsed) "
+        "and mu*; diag/offdiag are the pre-activation covariance (they scale with sigma_w^2), forward.G != 0, "
+        "depth_scale is null when backward.G <= 1",
     )
     g.add_argument("--eps", default=None, metavar="E", help="BN epsilon >= 0 (default: the eps = 0 theory)")
     g.add_argument("--weight-var", default=None, metavar="S", help="sigma_w^2 > 0 (default 1)")

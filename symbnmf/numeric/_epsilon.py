@@ -71,8 +71,9 @@ def check_bn_parameters(eps: Any, weight_var: Any, gamma: Any, beta: Any) -> tup
 # ---------------------------------------------------------------------------------------------
 # Chebyshev interpolants in tau
 # ---------------------------------------------------------------------------------------------
-def _lobatto(lo: Any, hi: Any, n: int) -> list[Any]:
-    return [(lo + hi) / 2 + (hi - lo) / 2 * mpmath.cos(mp.pi * j / n) for j in range(n + 1)]
+def _lobatto(lo: Any, hi: Any, n: int, kind: int = 0) -> list[Any]:
+    """tau at the Lobatto nodes x_j = cos(pi j/n) of a piece, through its map (:func:`_tau_of_v`)."""
+    return [_tau_of_v(lo, hi, (mpmath.cos(mp.pi * j / n) + 1) / 2, kind) for j in range(n + 1)]
 
 
 def _cheb_coeffs(vals: Sequence[Any]) -> list[Any]:
@@ -96,14 +97,54 @@ def _clenshaw(c: Sequence[Any], x: Any) -> Any:
     return x * b1 - b2 + c[0]
 
 
+def _tau_of_v(lo: Any, hi: Any, v: Any, kind: int) -> Any:
+    """Piece maps v in [0, 1] -> tau (as in :func:`symbnmf.fast._epsquad._tau_of_v`): 0 linear;
+    1 tau = lo + (hi-lo) v^2 (a kink line or corner leaves the support at lo, where the integrals
+    behave like powers of sqrt(tau - lo)); 2 the same at hi; 3 both, tau = lo + (hi-lo) sin^2(pi v/2)."""
+    r = [v, v * v, 1 - (1 - v) ** 2, mpmath.sin(mp.pi * v / 2) ** 2][kind]
+    return lo + (hi - lo) * r
+
+
+def _v_of_tau(lo: Any, hi: Any, tau: Any, kind: int) -> Any:
+    r = min(max((tau - lo) / (hi - lo), mp.zero), mp.one)
+    if kind == 0:
+        return r
+    if kind == 1:
+        return mpmath.sqrt(r)
+    if kind == 2:
+        return 1 - mpmath.sqrt(1 - r)
+    return 2 / mp.pi * mpmath.asin(mpmath.sqrt(r))
+
+
+def _kinds(n: int) -> list[int]:
+    """Maps of the n pieces between edges [0, cuts..., 1]: square-root maps at the interior cuts."""
+    return [(1 if j > 0 else 0) + (2 if j < n - 1 else 0) for j in range(n)]
+
+
+def exit_taus(us: Sequence[Any], B: int) -> list[Any]:
+    """tau in (0, 1) where the kink structure of phi(beta + gamma t y) changes on the support of (y1, y2).
+
+    With u = (kink - beta)/gamma the kink lines are y_j = u/t. The pair (y1, y2) fills the ellipse
+    y1^2 + y2^2 + 2 y1 y2/(B-1) <= B(B-2)/(B-1) (the other B-2 coordinates sum to -(y1 + y2) with
+    squares summing to B - y1^2 - y2^2 >= (y1 + y2)^2/(B-2)). A line y1 = c touches it at
+    c^2 = B - 1, i.e. tau = u^2/(B-1); the corner (u_a/t, u_b/t) of two lines lies on it at
+    tau = (u_a^2 + u_b^2 + 2 u_a u_b/(B-1)) (B-1)/(B(B-2)). Exact SymPy numbers in, out."""
+    out = {sp.nsimplify(u**2 / (B - 1)) for u in us}
+    for ua in us:
+        for ub in us:
+            out.add(sp.nsimplify((ua**2 + ub**2 + 2 * ua * ub / (B - 1)) * (B - 1) / (B * (B - 2))))
+    return sorted(c for c in out if 0 < c < 1)
+
+
 @dataclass
 class _Piece:
     lo: Any
     hi: Any
-    coeffs: dict  # name -> Chebyshev coefficients
+    coeffs: dict  # name -> Chebyshev coefficients in x = 2 v - 1
+    kind: int = 0  # the map v -> tau (:func:`_tau_of_v`)
 
     def x(self, tau: Any) -> Any:
-        return (2 * tau - self.lo - self.hi) / (self.hi - self.lo)
+        return 2 * _v_of_tau(self.lo, self.hi, tau, self.kind) - 1
 
 
 @dataclass
@@ -141,7 +182,9 @@ class TauTables:
             return vals[name] if alpha == 1 else (mp.zero if alpha > 1 else None)
         p = self.pieces[0]
         c = p.coeffs[name]
-        return 2 / (p.hi - p.lo) * sum((-1) ** (k + 1) * k * k * c[k] for k in range(len(c)))
+        # dx/dtau at tau = lo: 2/(hi - lo) for the linear map, 1/(hi - lo) for kind 2 (dtau/dv = 2(hi - lo))
+        dx = 2 / (p.hi - p.lo) if p.kind == 0 else 1 / (p.hi - p.lo)
+        return dx * sum((-1) ** (k + 1) * k * k * c[k] for k in range(len(c)))
 
 
 def _rational(v: Any) -> sp.Rational:
@@ -195,13 +238,9 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
         # split tau at the points where a kink k of phi(beta + gamma t y) leaves the sphere
         from symbnmf.numeric._quadrature import _exact_kinks
 
-        cuts = set()
-        for k in _exact_kinks(phi, x):
-            tc = sp.Abs((k - beta) / gamma) / sp.sqrt(Bv - 1)
-            tau_c = sp.nsimplify(tc**2)
-            if 0 < tau_c < 1:
-                cuts.add(tau_c)
-        edges = [sp.Integer(0), *sorted(cuts), sp.Integer(1)]
+        cuts = exit_taus([(k - beta) / gamma for k in _exact_kinks(phi, x)], Bv)
+        edges = [sp.Integer(0), *cuts, sp.Integer(1)]
+        kinds = _kinds(len(edges) - 1)
         if any(sp.simplify(k - beta) == 0 for k in _exact_kinks(phi, x)):
             raise SymbnmfError(
                 f"phi = {phi} has a kink at beta = {beta}: with eps > 0 this is supported only for positive-homogeneous "
@@ -211,10 +250,10 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
         used = 0
         worst = mp.zero
         tol = mpmath.mpf(10) ** (-(dps - 3))
-        for lo_s, hi_s in zip(edges[:-1], edges[1:]):
+        for lo_s, hi_s, kind in zip(edges[:-1], edges[1:], kinds):
             lo, hi = mpmath.mpf(_rational_or_float(lo_s, dps)), mpmath.mpf(_rational_or_float(hi_s, dps))
             n = 8
-            nodes = _lobatto(lo, hi, n)
+            nodes = _lobatto(lo, hi, n, kind)
             cache: dict = {}
 
             def at(tau: Any, cache: dict = cache) -> dict:
@@ -226,10 +265,10 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
             vals = [at(tau) for tau in nodes]
             coeffs = {name: _cheb_coeffs([v[name] for v in vals]) for name in terms}
             while True:
-                fine = _lobatto(lo, hi, 2 * n)
+                fine = _lobatto(lo, hi, 2 * n, kind)
                 new = [fine[j] for j in range(1, 2 * n, 2)]
                 newvals = [at(tau) for tau in new]
-                piece = _Piece(lo, hi, coeffs)
+                piece = _Piece(lo, hi, coeffs, kind)
                 scale = max([abs(v[name]) for v in vals for name in terms] + [mpmath.mpf(1)])
                 err = max(
                     abs(_clenshaw(coeffs[name], piece.x(tau)) - v[name])
@@ -250,7 +289,7 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
                     )
             worst = max(worst, err)
             used += len(cache)
-            pieces.append(_Piece(lo, hi, coeffs))
+            pieces.append(_Piece(lo, hi, coeffs, kind))
         return TauTables(Bv, dps, norm, trace, phi_beta, m0, None, pieces, used, worst)
 
 
