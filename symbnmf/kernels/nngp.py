@@ -108,14 +108,36 @@ def homogeneous(activation: Any) -> Homogeneous | None:
 _INV2PI = 1.0 / (2.0 * math.pi)
 
 
+# fdlibm's rational approximation of asin on [0, 1/2]: asin(t) = t + t·z·P(z)/Q(z), z = t²
+_PS = (1.66666666666666657415e-01, -3.25565818622400915405e-01, 2.01212532134862925881e-01)
+_PS += (-4.00555345006794114027e-02, 7.91534994289814532176e-04, 3.47933107596021167570e-05)
+_QS = (-2.40339491173441421878e00, 2.02094576023350569471e00, -6.88283971605453293030e-01, 7.70381505559019352791e-02)
+
+
+def _asin(x: Any) -> Any:
+    """asin(x) on [−1, 1] to about 1 ulp, as fdlibm (|x| > ½ through asin(|x|) = π/2 − 2 asin(√((1 − |x|)/2))).
+
+    Plain arithmetic (one sqrt, one division) that XLA vectorizes: its own f64 ``arccos`` on CPU
+    costs ~15x more and dominated the kernels.
+    """
+    a = jnp.abs(x)
+    small = a < 0.5
+    z = jnp.where(small, a * a, 0.5 * (1.0 - a))
+    t = jnp.where(small, a, jnp.sqrt(z))
+    p = z * (_PS[0] + z * (_PS[1] + z * (_PS[2] + z * (_PS[3] + z * (_PS[4] + z * _PS[5])))))
+    q = 1.0 + z * (_QS[0] + z * (_QS[1] + z * (_QS[2] + z * _QS[3])))
+    r = t + t * (p / q)
+    return jnp.sign(x) * jnp.where(small, r, 0.5 * jnp.pi - 2.0 * r)
+
+
 def _k1(rho: Any) -> Any:
     """E[u₊ v₊] for unit Gaussians with correlation rho: (√(1−ρ²) + (π − arccos ρ) ρ)/(2π)."""
-    return (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) + (jnp.pi - jnp.arccos(rho)) * rho) * _INV2PI
+    return (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) + (0.5 * jnp.pi + _asin(rho)) * rho) * _INV2PI
 
 
 def _k0(rho: Any) -> Any:
     """P(u > 0, v > 0) = (π − arccos ρ)/(2π)."""
-    return (jnp.pi - jnp.arccos(rho)) * _INV2PI
+    return (0.5 * jnp.pi + _asin(rho)) * _INV2PI
 
 
 @lru_cache(maxsize=8)
@@ -160,30 +182,32 @@ def gaussian_kernels(S: Any, hom: Homogeneous, *, derivatives: bool = False) -> 
     ok = a > 0
     a_safe = jnp.where(ok, a, 1.0)
     sq = jnp.sqrt(a_safe)
+    inv = 1.0 / sq
     scale = sq[..., :, None] * sq[..., None, :]
     both = ok[..., :, None] & ok[..., None, :]
     eye = jnp.eye(S.shape[-1], dtype=bool)
+    off = both & ~eye
     # the diagonal (ρ = 1) takes its limits below: arccos and √(1 − ρ²) have infinite slope there,
     # and 0·∞ would put NaN into forward-mode derivatives
-    rho = jnp.where(both & ~eye, jnp.clip(S / scale, -1.0, 1.0), 0.0)
+    rho = jnp.where(off, jnp.clip(S * (inv[..., :, None] * inv[..., None, :]), -1.0, 1.0), 0.0)
     al, cp, cm = hom.alpha, hom.cp, hom.cm
     same, cross = cp * cp + cm * cm, 2.0 * cp * cm
     if al == 1.0:
-        k = _k1(rho)
-        Vn = same * k + cross * (k - 0.5 * rho)  # k₁(−ρ) = k₁(ρ) − ρ/2: one arccos per entry
+        ang = 0.5 * jnp.pi + _asin(rho)  # π − arccos ρ
+        root = jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None))
+        k = (root + ang * rho) * _INV2PI
+        Vn = (same + cross) * k - (0.5 * cross) * rho  # k₁(−ρ) = k₁(ρ) − ρ/2: one arcsine per entry
     else:
         Vn = same * _k_alpha(al, rho) + cross * _k_alpha(al, -rho)
     k_one = 2.0**al * math.gamma(al + 0.5) / (2.0 * math.sqrt(math.pi))  # E[u₊^{2α}], k_α(−1) = 0
     Vn = jnp.where(eye, same * k_one, Vn)
-    V = jnp.where(both, scale**al * Vn, 0.0)
+    V = jnp.where(both, (scale if al == 1.0 else scale**al) * Vn, 0.0)
     if not derivatives:
         return (V,)
-    k0 = _k0(rho)
-    W = jnp.where(both, jnp.where(eye, 0.5 * same, same * k0 - cross * (0.5 - k0)), 0.0)  # k₀(−ρ) = ½ − k₀(ρ)
-    ratio = sq[..., None, :] / sq[..., :, None]  # √(S_jj / S_ii)
-    delta = jnp.where(
-        both & ~eye, (cp + cm) ** 2 * ratio * jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) * _INV2PI, 0.0
-    )
+    k0 = ang * _INV2PI
+    W = jnp.where(both, jnp.where(eye, 0.5 * same, (same + cross) * k0 - 0.5 * cross), 0.0)  # k₀(−ρ) = ½ − k₀(ρ)
+    ratio = sq[..., None, :] * inv[..., :, None]  # √(S_jj / S_ii)
+    delta = jnp.where(off, ((cp + cm) ** 2 * _INV2PI) * ratio * root, 0.0)
     return V, W, delta
 
 
@@ -269,14 +293,15 @@ def _spectrum(cov: Any) -> tuple[Any, Any, Any]:
 
 @jax.custom_jvp
 def _tilt(SG: Any, lam: Any, Q: Any, s: Any) -> tuple[Any, Any]:
-    """S(s) = Σ_G (I + 2sΣ_G)⁻¹ and log det(I + 2sΣ_G), from Σ_G = Q diag(λ) Qᵀ.
+    """S(s) = Σ_G (I + 2sΣ_G)⁻¹ and log det(I + 2sΣ_G) at all nodes s (n,) at once, from Σ_G = Q diag(λ) Qᵀ:
+    shapes (n, B, B) and (n,); S is one (n·B × B) @ (B × B) product.
 
     Its JVP is the exact derivative in Σ_G, dS = A dΣ_G A, d log det = 2s tr(A dΣ_G),
     A = (I + 2sΣ_G)⁻¹ (the divided differences of λ ↦ λ/(1 + 2sλ) need no eigenvalue gaps), so
     grad works at degenerate spectra such as BSB1 inputs, where differentiating ``eigh`` fails.
     """
-    d = 1.0 + 2.0 * s * lam
-    return (Q * (lam / d)) @ Q.T, jnp.sum(jnp.log(d))
+    d = 1.0 + 2.0 * s[:, None] * lam
+    return (Q * (lam / d)[:, None, :]) @ Q.T, jnp.sum(jnp.log(d), axis=-1)
 
 
 @_tilt.defjvp
@@ -284,11 +309,36 @@ def _tilt_jvp(primals: Any, tangents: Any) -> tuple[Any, Any]:
     SG, lam, Q, s = primals
     dSG = tangents[0]
     out = _tilt(SG, lam, Q, s)
-    d = 1.0 + 2.0 * s * lam
+    d = 1.0 + 2.0 * s[:, None] * lam
     M = Q.T @ dSG @ Q
-    dS = Q @ (M / (d[:, None] * d[None, :])) @ Q.T
-    dlog = 2.0 * s * jnp.sum(jnp.diagonal(M) / d)
+    dS = Q @ (M / (d[:, :, None] * d[:, None, :])) @ Q.T
+    dlog = 2.0 * s * jnp.sum(jnp.diagonal(M) / d, axis=-1)
     return out, (dS, dlog)
+
+
+#: Elements of one node chunk's (chunk, B, B) arrays: small enough to stay in cache at large B.
+_NODE_CHUNK_ELEMENTS = 1 << 14
+
+
+def _sum_over_nodes(fn: Any, s: Any, omega: Any, half: Any, B: int) -> Any:
+    """Σ over the nodes of ``fn(s, omega, half)`` (which sums over its chunk of nodes): chunks of about
+    ``_NODE_CHUNK_ELEMENTS / B²`` nodes, a ``scan`` over the chunks (padded with zero-weight nodes)."""
+    n = s.shape[0]
+    size = max(1, min(n, _NODE_CHUNK_ELEMENTS // (B * B)))
+    if size >= n:
+        return fn(s, omega, half)
+    k = -(-n // size)
+    pad = k * size - n
+    s = jnp.concatenate([s, jnp.broadcast_to(s[:1], (pad,))]).reshape(k, size)
+    omega = jnp.concatenate([omega, jnp.zeros((pad,), omega.dtype)]).reshape(k, size)
+    half = jnp.concatenate([half, jnp.zeros((pad,), half.dtype)]).reshape(k, size)
+
+    def body(acc: Any, xs: Any) -> tuple[Any, None]:
+        return jax.tree_util.tree_map(jnp.add, acc, fn(*xs)), None
+
+    first = fn(s[0], omega[0], half[0])
+    out, _ = jax.lax.scan(body, first, (s[1:], omega[1:], half[1:]))
+    return out
 
 
 def _nngp_one(cov: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, Any]:
@@ -298,22 +348,26 @@ def _nngp_one(cov: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, An
     al = hom.alpha
     s, omega, half = jax.lax.stop_gradient(_s_rule(lam, beps, nodes, al))
 
-    def body(carry: Any, xs: Any) -> tuple[Any, None]:
-        sn, wn, hn = xs
-        S, logdet = _tilt(SG, lam, Q, sn)
+    def chunk(s: Any, omega: Any, half: Any) -> tuple[Any, Any]:
+        S, logdet = _tilt(SG, lam, Q, s)
         (V,) = gaussian_kernels(S, hom)
-        c = sn ** (al - 1.0) * jnp.exp(-sn * beps - 0.5 * logdet)
-        acc, acc_half = carry
-        return (acc + (wn * c) * V, acc_half + (hn * c) * V), None
+        c = jnp.exp(-s * beps - 0.5 * logdet)
+        if al != 1.0:
+            c = c * s ** (al - 1.0)
+        return jnp.einsum("n,nij->ij", omega * c, V), jnp.einsum("n,nij->ij", half * c, V)
 
-    zero = jnp.zeros((B, B), cov.dtype)
-    (acc, acc_half), _ = jax.lax.scan(body, (zero, zero), (s, omega, half))
+    acc, acc_half = _sum_over_nodes(chunk, s, omega, half, B)
     const = B**al / math.gamma(al)
     return const * acc, const * acc_half
 
 
 def _ntk_one(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, Any, Any]:
-    """(V, E[J Θ Jᵀ], V by the half rule) for α = 1."""
+    """(V, E[J Θ Jᵀ], V by the half rule) for α = 1.
+
+    The integrand Θ̃⊙W − s(X + Xᵀ) + ½s²Y of the module docstring is regrouped with
+    Z = (I − sS) Θ̃ (I − sS) = Θ̃ − s(R + Rᵀ) + s²U (R = Θ̃S, U = SΘ̃S):
+    Z⊙W + g_i Δ_ij + g_j Δ_ji + ½s² tr(Θ̃S) V with g = ½(diag Z − diag Θ̃) = −s R_ii + ½s² U_ii.
+    """
     B = cov.shape[-1]
     SG, lam, Q = _spectrum(cov)
     beps = B * eps
@@ -322,24 +376,20 @@ def _ntk_one(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> tu
     Th = G @ theta @ G
     Th = 0.5 * (Th + Th.T)
 
-    def body(carry: Any, xs: Any) -> tuple[Any, None]:
-        sn, wn, hn = xs
-        S, logdet = _tilt(SG, lam, Q, sn)
-        R = Th @ S  # Θ̃ S
-        U = S @ R  # S Θ̃ S
+    def chunk(s: Any, omega: Any, half: Any) -> tuple[Any, Any, Any]:
+        S, logdet = _tilt(SG, lam, Q, s)
         V, W, De = gaussian_kernels(S, hom, derivatives=True)
-        dR = jnp.diagonal(R)
-        dU = jnp.diagonal(U)
-        trR = jnp.sum(dR)
-        X = dR[:, None] * De + R * W
-        Y = trR * V + dU[:, None] * De + (dU[:, None] * De).T + 2.0 * U * W
-        c = jnp.exp(-sn * beps - 0.5 * logdet)
-        T = Th * W - sn * (X + X.T) + 0.5 * sn * sn * Y
-        accV, accT, accH = carry
-        return (accV + (wn * c) * V, accT + (wn * c) * T, accH + (hn * c) * V), None
+        M = jnp.eye(B, dtype=cov.dtype) - s[:, None, None] * S  # I − sS = Q diag((1 + sλ)/(1 + 2sλ)) Qᵀ
+        Z = (M @ Th) @ M
+        g = 0.5 * (jnp.diagonal(Z, axis1=-2, axis2=-1) - jnp.diagonal(Th))
+        trR = jnp.einsum("ij,nij->n", Th, S)
+        gD = g[:, :, None] * De
+        T = Z * W + gD + jnp.swapaxes(gD, -1, -2) + (0.5 * s * s * trR)[:, None, None] * V
+        c = jnp.exp(-s * beps - 0.5 * logdet)
+        wc = omega * c
+        return jnp.einsum("n,nij->ij", wc, V), jnp.einsum("n,nij->ij", wc, T), jnp.einsum("n,nij->ij", half * c, V)
 
-    zero = jnp.zeros((B, B), cov.dtype)
-    (accV, accT, accH), _ = jax.lax.scan(body, (zero, zero, zero), (s, omega, half))
+    accV, accT, accH = _sum_over_nodes(chunk, s, omega, half, B)
     return B * accV, B * accT, B * accH
 
 
@@ -395,14 +445,26 @@ def _as_float(x: Any) -> Any:
     return x
 
 
+#: Elements of the per-node (n, B, B) arrays held at once across a batch of matrices (memory bound).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _map_batched(fn: Any, xs: Any, per_node: int) -> Any:
+    """``vmap(fn)`` over the leading axis of ``xs`` in chunks, so that about ``_CHUNK_ELEMENTS`` of the
+    (nodes, B, B) intermediates are alive at once (``per_node``: nodes times the number of such arrays)."""
+    first = jax.tree_util.tree_leaves(xs)[0]
+    k, B = first.shape[0], first.shape[-1]
+    size = max(1, min(k, _CHUNK_ELEMENTS // (per_node * B * B)))
+    if size >= k:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=size)
+
+
 @partial(jax.jit, static_argnames=("hom", "nodes", "with_error"))
 def _nngp_exact(cov: Any, eps: Any, hom: Homogeneous, nodes: int, with_error: bool) -> Any:
-    fn = partial(_nngp_one, hom=hom, nodes=nodes)
-    batch = cov.shape[:-2]
     flat = cov.reshape((-1, *cov.shape[-2:]))
-    V, Vh = jax.vmap(fn, in_axes=(0, None))(flat, eps)
+    V, Vh = _map_batched(lambda c: _nngp_one(c, eps, hom, nodes), flat, 3 * nodes)
     V, Vh = V.reshape(cov.shape), Vh.reshape(cov.shape)
-    del batch
     if with_error:
         return V, jnp.max(jnp.abs(V - Vh), axis=(-2, -1)) / jnp.max(jnp.abs(V), axis=(-2, -1))
     return V
@@ -475,10 +537,9 @@ def batchnorm_nngp(
 
 @partial(jax.jit, static_argnames=("hom", "nodes"))
 def _ntk_exact(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, Any]:
-    fn = partial(_ntk_one, hom=hom, nodes=nodes)
     flat = cov.reshape((-1, *cov.shape[-2:]))
     tflat = jnp.broadcast_to(theta, cov.shape).reshape(flat.shape)
-    V, T, _ = jax.vmap(fn, in_axes=(0, 0, None))(flat, tflat, eps)
+    V, T, _ = _map_batched(lambda ct: _ntk_one(ct[0], ct[1], eps, hom, nodes), (flat, tflat), 8 * nodes)
     return V.reshape(cov.shape), T.reshape(cov.shape)
 
 

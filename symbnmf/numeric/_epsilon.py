@@ -259,7 +259,12 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
             def at(tau: Any, cache: dict = cache) -> dict:
                 key = mpmath.nstr(tau, dps + 5)
                 if key not in cache:
-                    cache[key] = _values(terms, Bv, dps + 2, _rational(mpmath.sqrt(tau)), what)
+                    # t rounded to a short binary rational (53 bits at the default dps): the sphere
+                    # quadrature with kinks at -beta/(gamma t) fails to converge for t with long
+                    # mantissas (ReLU, beta != 0, B = 4); the node moves by < 2^-52 relative
+                    with mp.workprec(53 if dps <= DEFAULT_DPS else int(3.33 * dps) + 8):
+                        t_node = +mpmath.sqrt(tau)
+                    cache[key] = _values(terms, Bv, dps + 2, _rational(t_node), what)
                 return cache[key]
 
             vals = [at(tau) for tau in nodes]

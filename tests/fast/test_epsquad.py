@@ -150,6 +150,16 @@ def test_kink_at_beta_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("B", [4, 8])
+def test_relu_beta_matches_mpmath(B):
+    """ReLU with beta != 0: the mpmath tables are split where the kink line and the corner of the two
+    kink lines leave the support of (y1, y2) (numeric._epsilon.exit_taus), as in the fast path."""
+    fast = fast_evaluate_eps("relu", B, eps=0.1, beta=0.5)
+    ref = evaluate_eps("relu", B, eps=0.1, beta=0.5)
+    _agree(fast, ref)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("B", "eps", "sw", "gamma", "beta"),
     # (B = 32 and tanh with beta != 0 are not here: the mpmath reference's tau tables stop at 65

@@ -78,6 +78,25 @@ def test_relu_against_explicit_maps_large_batch(B, eps, sw, gamma, beta):
 
 
 @pytest.mark.slow
+def test_relu_beta_against_explicit_maps():
+    """ReLU with beta != 0 (tables split at the kink-line and corner exits) against the explicit maps."""
+    B, eps, sw, beta = 4, 0.1, 1.0, 0.5
+    r = evaluate_eps("relu", B, eps=eps, weight_var=sw, beta=beta)
+    mu = r["_meta"]["mu"]
+    assert r["_meta"]["phase"] == "bsb1"
+    assert ex.eps_fixed_point(relu, B, eps, sw, beta=beta, n=60_000) == pytest.approx(mu, rel=5e-3)
+    fp = ex.eps_fixed_point_entries(relu, B, eps, sw, mu, beta=beta, n=100_000)
+    assert abs(fp["diag"].z(float(r["fixed_point.diag"]))) < 4.5
+    assert abs(fp["offdiag"].z(float(r["fixed_point.offdiag"]))) < 4.5
+    D = ex.test_directions(B)
+    for X in "GLM":
+        f = ex.eps_forward_rayleigh(relu, B, D[X], eps, sw, mu, beta=beta, n=60_000)
+        b = ex.eps_backward_rayleigh(relu, drelu, B, D[X], eps, sw, mu, beta=beta, n=20_000)
+        assert abs(f.z(float(r[f"forward.{X}"]))) < 4.5, X
+        assert abs(b.z(float(r[f"backward.{X}"]))) < 4.5, X
+
+
+@pytest.mark.slow
 def test_tanh_against_explicit_maps():
     B, eps, sw, beta = 4, 0.2, 1.5, 0.3
     r = evaluate_eps("tanh", B, eps=eps, weight_var=sw, beta=beta, dps=10)
