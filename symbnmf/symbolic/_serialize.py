@@ -110,6 +110,16 @@ _FUNCTION_NAMES = (
 for _name in _FUNCTION_NAMES.split():
     _CONSTRUCTORS[_name] = _evaluated_false(getattr(sp, _name))
 
+
+def _expint_scaled(*args: Any) -> sp.Basic:
+    """symbnmf's own P_nu(z) = e^z E_nu(z) (the eps > 0 closed forms), imported when first read."""
+    from symbnmf.symbolic._epsforms import expint_scaled
+
+    return expint_scaled(*args, evaluate=False)
+
+
+_CONSTRUCTORS["expint_scaled"] = _expint_scaled
+
 #: Bare names srepr writes for singletons.
 _NAMES: dict[str, Any] = {
     "pi": sp.pi,

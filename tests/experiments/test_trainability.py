@@ -99,13 +99,24 @@ def test_cli_tiny_grid_writes_png_and_json(tmp_path, capsys):
         cli_cmd.run(_args(tmp_path, "--json"))
 
 
-def test_cli_eps_has_no_theory(tmp_path, capsys):
+def test_cli_eps_uses_the_eps_theory(tmp_path, capsys):
+    """BN with eps > 0: the 16 xi line comes from the eps > 0 theory (issue 12), same as `eval --eps`."""
     args = _args(tmp_path, "--eps", "0.1", "--depths", "2", "--batch-sizes", "8", "--steps", "10")
     assert cli_cmd.run(args) == 0
     rep = json.loads((tmp_path / "tr.json").read_text())
-    assert rep["comparison"][0]["predicted_max_depth"] is None
-    assert "eps" in rep["theory"]["reason"]
+    (rec,) = symbnmf.evaluate("relu", [8], eps=0.1, weight_var=1.0)
+    assert rec["phase"] == "bsb1"
+    assert rep["comparison"][0]["predicted_max_depth"] == pytest.approx(16 * rec["depth_scale"], rel=1e-8)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_eps_in_the_collapsed_phase_has_no_depth_scale(tmp_path, capsys):
+    args = _args(tmp_path, "--eps", "2", "--depths", "2", "--batch-sizes", "8", "--steps", "10")
+    assert cli_cmd.run(args) == 0
+    rep = json.loads((tmp_path / "tr.json").read_text())
+    assert rep["comparison"][0]["predicted_max_depth"] is None
+    assert "collapsed" in rep["theory"]["reason"]
+    capsys.readouterr()
 
 
 def test_small_batch_reason_is_reported():

@@ -26,7 +26,7 @@ def _exact(e, b, subs=None):
     f = sp.lambdify(syms, e, modules="mpmath")
     vals = {B: b, **(subs or {})}
     with mpmath.workdps(700):
-        return float(f(*[mpmath.mpf(vals[s]) if s is B else mpmath.mpf(vals[s].p) / vals[s].q for s in syms]))
+        return float(f(*[mpmath.mpf(vals[s]) if s == B else mpmath.mpf(vals[s].p) / vals[s].q for s in syms]))
 
 
 def _rel(got, want):
