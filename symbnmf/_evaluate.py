@@ -215,7 +215,8 @@ def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int |
         raise SymbnmfError(
             f"method {method!r} is not available with --eps/--weight-var/--gamma/--beta yet; use --method quadrature"
         )
-    backend, used = evaluate_eps, "quadrature"
+    backend: Callable[..., dict[str, Any]] = evaluate_eps
+    used = "quadrature"
     if method == "fast":
         backend, used = _eps_fast_backend, "fast"
     if method in ("auto", "closed-form"):
@@ -253,7 +254,7 @@ def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int |
         rec.update(_group(vals, lambda v: None if v is None else _to_float(v)))
         if dps is not None:
             conv = _to_str(dps)
-            rec["mp"] = _group(vals, lambda v, conv=conv: None if v is None else conv(v))
+            rec["mp"] = _group(vals, lambda v, conv=conv: None if v is None else conv(v))  # type: ignore[misc]
             rec["mp"]["dps"] = dps
         rec.update(meta)
         out.append(rec)

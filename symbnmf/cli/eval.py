@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from symbnmf._activations import get_activation
 from symbnmf._conventions import QUANTITIES
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _batch_sizes(items: list[str]) -> list:
-    out = []
+    out: list[Any] = []
     for s in items:
         try:
             f = float(s)

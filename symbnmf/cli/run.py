@@ -264,7 +264,7 @@ def _validation_loop(out, args, bar, widths, plt, np, evaluate, simulate, extrap
     for act, color in (("relu", "C0"), ("identity", "C1")):
         theory = [r["backward"]["G"] for r in evaluate(act, list(Bgrid))]
         ax.plot(Bgrid, theory, color=color, lw=1.6, label=f"{act}: theory $\\lambda^\\downarrow_G(B)$")
-        pts = {N: [] for N in widths}
+        pts: dict[int, list[tuple[Any, Any]]] = {N: [] for N in widths}
         ext = []
         for B in MC_B:
             runs = []

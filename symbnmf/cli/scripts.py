@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from symbnmf._errors import SymbnmfError
 from symbnmf.cli.util import check_output, write_text
@@ -21,6 +22,7 @@ def write_derivation(activation: str, outdir: str | Path, stem: str, *, force: b
     tex, js = outdir / f"{stem}.tex", outdir / f"{stem}.json"
     for p in (tex, js):  # check both before writing either: nothing is half-overwritten
         check_output(p, force)
+    d: Any
     if eps:
         from symbnmf.symbolic._epsforms import derive_eps
 

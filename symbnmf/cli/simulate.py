@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from symbnmf._errors import SymbnmfError
 from symbnmf._output import atomic_output, check_output
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         import numpy as np
 
-        arrays = {"cov": res.cov}
+        arrays: dict[str, Any] = {"cov": res.cov}
         if res.grad_x is not None:
             arrays.update(grad_x=res.grad_x, grad_w=res.grad_w)
         with atomic_output(args.save, args.force, binary=True) as fh:

@@ -95,7 +95,7 @@ def theory_records_eps(
 
     act = get_activation(activation)
     good = [int(b) for b in Bs if int(b) >= 4]
-    kw = {"eps": float(eps), "weight_var": 1.0, "gamma": float(gamma), "beta": float(beta)}
+    kw: dict[str, Any] = {"eps": float(eps), "weight_var": 1.0, "gamma": float(gamma), "beta": float(beta)}
     out: dict[int, dict] = {}
     reason = None
     source = "none"

@@ -580,8 +580,8 @@ class FastEvaluator:
             coarse = _rules(Blist, nc, mc)
             nodes = fine[0].shape[1]
         else:
-            fine = tuple(np.polynomial.legendre.leggauss(n) for n in (nf, mf))
-            coarse = tuple(np.polynomial.legendre.leggauss(n) for n in (nc, mc))
+            fine = tuple(np.polynomial.legendre.leggauss(n) for n in (nf, mf))  # type: ignore[misc]
+            coarse = tuple(np.polynomial.legendre.leggauss(n) for n in (nc, mc))  # type: ignore[misc]
             nodes = nf * mf * 5 * (len(self._plan.kinks_src.splitlines()) + 1) ** 2
         # one-coordinate pairs: a 1-D Gauss-Legendre rule in theta, 16 points more than the 2-D one
         fine1 = np.polynomial.legendre.leggauss(nf + 16)

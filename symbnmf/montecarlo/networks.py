@@ -138,7 +138,7 @@ def _theory_values_eps(
     simulator measures; it gains ``phase`` ("bsb1" | "collapsed"). Fast JAX path, else mpmath."""
     from symbnmf._evaluate import evaluate
 
-    kw = {"eps": float(eps), "weight_var": 1.0, "gamma": float(gamma), "beta": float(beta)}
+    kw: dict[str, Any] = {"eps": float(eps), "weight_var": 1.0, "gamma": float(gamma), "beta": float(beta)}
     try:
         try:
             return evaluate(act, [B], method="fast", **kw)[0], None
@@ -168,7 +168,7 @@ def _list(values: np.ndarray) -> list[float | None]:
 def _entry(
     measured: float | None, stderr: float | None, theory: float | None, reason: str | None = None
 ) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
         "measured": _f(measured),
         "stderr": _f(stderr),
         "theory": _f(theory),
@@ -460,6 +460,7 @@ def _summarize(res: SimulationResult, lo: int, hi: int) -> dict[str, Any]:
             "window; delete-one jackknife stderr over networks"
         )
         # Weight gradients: layer l's gradient sits at h^l = W^l x^{l-1}; index l-1 in grad_w.
+        assert res.grad_w is not None  # recorded whenever grad_x is
         wfit = fit_rate(res.grad_w, max(lo - 1, 0), min(hi - 1, s["depth"] - 1), direction=-1)
         out["weight_gradient_rate"] = _entry(wfit.rate, wfit.stderr, lam_g, reason)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -487,7 +488,8 @@ def _summarize(res: SimulationResult, lo: int, hi: int) -> dict[str, Any]:
         "offdiag": _entry(*mean_se(off[:, 1:].mean(1)), fp.get("offdiag"), reason),
     }
     pieces = {k: res.stat(k).astype(np.float64) for k in ("mu", "L", "M")}
-    mu_star = (_f(fp.get("diag")) - _f(fp.get("offdiag"))) if rec else None
+    d_fp, o_fp = _f(fp.get("diag")), _f(fp.get("offdiag"))
+    mu_star = d_fp - o_fp if rec and d_fp is not None and o_fp is not None else None
     dist: dict[str, Any] = {
         "L": _list(pieces["L"].mean(0)),
         "M": _list(pieces["M"].mean(0)),

@@ -192,7 +192,7 @@ def network_pass(idx: jax.Array, seed: jax.Array, phi: Callable, cfg: NetConfig)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(cfg: NetConfig, phi: Callable) -> Callable:
+def _compiled(cfg: NetConfig, phi: Callable) -> Any:
     return jax.jit(jax.vmap(functools.partial(network_pass, phi=phi, cfg=cfg), in_axes=(0, None)))
 
 
@@ -206,12 +206,13 @@ def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Cal
     that another thread is compiling (:func:`precompile`) waits for it instead of compiling twice."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    key = (cfg, phi, size, devices, jax.config.jax_enable_x64)
+    key = (cfg, phi, size, devices, jax.config.jax_enable_x64)  # type: ignore[attr-defined]
     with _EXECUTABLES_LOCK:
-        fut = _EXECUTABLES.get(key)
-        mine = fut is None
+        existing = _EXECUTABLES.get(key)
+        mine = existing is None
+        fut: Future = Future() if existing is None else existing
         if mine:
-            fut = _EXECUTABLES[key] = Future()
+            _EXECUTABLES[key] = fut
             if len(_EXECUTABLES) > 64:  # forget the oldest finished ones
                 for k in [k for k, f in _EXECUTABLES.items() if f.done() and k != key][:16]:
                     del _EXECUTABLES[k]

@@ -230,11 +230,11 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
         what = f"eps integrals of {phi} at B={Bv}"
         alpha = _homogeneity(phi)
         if alpha is not None and beta == 0 and gamma > 0:
-            vals = _values(terms, Bv, dps + 2, sp.Integer(1), what)
+            one = _values(terms, Bv, dps + 2, sp.Integer(1), what)
             # phi(gamma t y) = t^alpha phi(gamma y): phi-type integrals scale as tau^alpha, the
             # phi'-type (K) as tau^(alpha - 1); vals are the t = 1 values (gamma included)
             a_mp = mpmath.mpf(_rational_or_float(sp.sympify(alpha), dps))
-            return TauTables(Bv, dps, norm, trace, phi_beta, m0, (a_mp, vals), [], 1)
+            return TauTables(Bv, dps, norm, trace, phi_beta, m0, (a_mp, one), [], 1)
         # split tau at the points where a kink k of phi(beta + gamma t y) leaves the sphere
         from symbnmf.numeric._quadrature import _exact_kinks
 
@@ -448,7 +448,7 @@ def eigenvalues(tab: TauTables, setting: EpsSetting, mu: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if mu > 0:
 
-        def E(f: Callable[[Any, Any], Any]) -> Any:
+        def E(f: Callable[..., Any]) -> Any:
             if eps == 0:
                 return None
             return chi2_expectation(lambda s: f(s, _tau(mu, s, Bv, eps)), Bv - 1)

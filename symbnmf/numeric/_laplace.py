@@ -23,6 +23,7 @@ checked (ConvergenceError otherwise). Nothing here uses the closed forms in B.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import mpmath
@@ -153,7 +154,7 @@ def laplace_V(activation: Any, Sigma: Any, dps: int = 30) -> Any:
         pairs = [(i, j) for i in range(B) for j in range(i, B)]
         const = mpmath.mpf(B) ** a / mpmath.gamma(a)
 
-        def F(lo: Any, hi: Any, degree: int, nodes: list) -> list:
+        def F(lo: Any, hi: Any, degree: int, nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
             acc = [mp.zero] * len(pairs)
             for t, w in nodes:
                 if t <= 0 or t >= 1:

@@ -132,7 +132,7 @@ def _estimate(history: list[Any]) -> Any:
 
 
 def _vquad(
-    F: Callable[[Any, Any, int, list[tuple[Any, Any]]], list[Any]],
+    F: Callable[[Any, Any, int, Sequence[tuple[Any, Any]]], list[Any]],
     pieces: Sequence[tuple[Any, Any]],
     n: int,
     rule: str,
@@ -415,7 +415,7 @@ def _one_coordinate(fs: list[CoordinateFunction], Bv: int, tol: Any, rule: str) 
 
     fast = gmpy2 is not None and all(f.gfunc is not None for f in fs)
 
-    def F(a: Any, b: Any, degree: int, nodes: list[tuple[Any, Any]]) -> list[Any]:
+    def F(a: Any, b: Any, degree: int, nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
         if fast:
             with gmpy2.context(gmpy2.get_context(), precision=mp.prec):
                 gR = _to_gmpy(R)
@@ -511,14 +511,14 @@ def _two_coordinates(
     use_branches = all(f.pos is not False and f.neg is not False for f in f1s + f2s)
     fast = gmpy2 is not None and all(f.gfunc is not None for f in f1s + f2s)
 
-    def theta_nodes(a: Any, b: Any, degree: int, nodes: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    def theta_nodes(a: Any, b: Any, degree: int, nodes: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         key = (a, b, degree)
         if key not in theta_cache:
             tn = [(mpmath.sin(t), wk * mpmath.cos(t) ** p * mpmath.sin(t)) for t, wk in nodes]
             theta_cache[key] = [(_to_gmpy(st), _to_gmpy(w)) for st, w in tn] if fast else tn
         return theta_cache[key]
 
-    def inner(a_psi: Any, b_psi: Any, degree_psi: int, psi_nodes: list[tuple[Any, Any]]) -> list[Any]:
+    def inner(a_psi: Any, b_psi: Any, degree_psi: int, psi_nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
         acc_out = [mp.zero] * npairs
         for psi, wpsi in psi_nodes:
             A1 = R * mpmath.cos(psi)
@@ -565,7 +565,7 @@ def _two_coordinates(
                 c1, c2 = _combined_gmpy(e1), _combined_gmpy(e2)
                 idx = list(zip(pos1, pos2))
 
-                def G(a: Any, b: Any, degree: int, nodes: list[tuple[Any, Any]]) -> list[Any]:
+                def G(a: Any, b: Any, degree: int, nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
                     with gmpy2.context(gmpy2.get_context(), precision=mp.prec):
                         acc = [gmpy2.mpfr(0)] * nl
                         for st, w in theta_nodes(a, b, degree, nodes):
@@ -582,7 +582,7 @@ def _two_coordinates(
                     acc_out[m] += wpsi * vals[q]
                 continue
 
-            def G(a: Any, b: Any, degree: int, nodes: list[tuple[Any, Any]]) -> list[Any]:
+            def G(a: Any, b: Any, degree: int, nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
                 ctx = gmpy2.context(gmpy2.get_context(), precision=mp.prec) if fast else _nullcontext()
                 with ctx:
                     acc = [gmpy2.mpfr(0) if fast else mp.zero] * nl

@@ -28,6 +28,7 @@ import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import sympy as sp
@@ -103,9 +104,9 @@ def reduce_index_sum(terms: Sequence[IndexTerm], n: int) -> dict[Key, sp.Expr]:
         idx = term.indices
         for named_choice in itertools.product(list(range(n)) + [None], repeat=len(idx)):
             rest = [i for i, c in zip(idx, named_choice) if c is None]
-            base = {i: c for i, c in zip(idx, named_choice) if c is not None}
+            base: dict[Any, Label] = {i: c for i, c in zip(idx, named_choice) if c is not None}
             for part in _set_partitions(rest):
-                labels: dict[int, Label] = dict(base)
+                labels: dict[Any, Label] = dict(base)
                 for b, block in enumerate(part):
                     for i in block:
                         labels[i] = ("r", b)
