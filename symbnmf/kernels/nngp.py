@@ -46,8 +46,12 @@ from symbnmf._errors import ActivationError, BatchSizeError, SymbnmfError
 DEFAULT_NODES = 129
 #: t-range of the double-exponential rule: sinh(T) = 40.
 _T = math.asinh(40.0)
-#: Largest step in u = log s over the features of the integrand (measured: 1e-13 relative at 0.3).
-_SPACING = 0.3
+#: The features of the integrand fill |t| ≤ _CORE of the map (1.5: fewer nodes for 1e-13 than 1.0, measured).
+_CORE = 1.5
+#: Largest step in u = log s over the features of the integrand (measured against a 2049-node rule on
+#: random, low-rank, ill-conditioned (κ = 1e10), near-duplicate and BSB1 Σ, B = 4 … 256, ε ∈ {0, 1e-3, 1},
+#: with _CORE = 1.5: ≤ 1e-13 relative at 0.4, the same as at 0.3).
+_SPACING = 0.4
 #: Eigenvalues of Σ_G below this fraction of the largest are round-off of a singular Σ_G: set to zero.
 _ZERO_EIG = 1e-13
 #: Nodes of the tanh-sinh rule for the degree-α wedge integral (α ∉ {1}).
@@ -211,6 +215,28 @@ def gaussian_kernels(S: Any, hom: Homogeneous, *, derivatives: bool = False) -> 
     return V, W, delta
 
 
+def _pair_kernels(a: Any, Sp: Any, iu: Any, ju: Any, hom: Homogeneous) -> tuple[Any, Any]:
+    """V = E[φ(z) φ(z)ᵀ] of :func:`gaussian_kernels` from the diagonal ``a`` (..., B) and the entries
+    ``Sp`` (..., P) of S above the diagonal (rows ``iu``, columns ``ju``): (diagonal, upper entries)."""
+    ok = a > 0
+    sq = jnp.sqrt(jnp.where(ok, a, 1.0))
+    inv = 1.0 / sq
+    both = ok[..., iu] & ok[..., ju]
+    rho = jnp.where(both, jnp.clip(Sp * (inv[..., iu] * inv[..., ju]), -1.0, 1.0), 0.0)
+    al, cp, cm = hom.alpha, hom.cp, hom.cm
+    same, cross = cp * cp + cm * cm, 2.0 * cp * cm
+    if al == 1.0:
+        k = (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) + (0.5 * jnp.pi + _asin(rho)) * rho) * _INV2PI
+        Vn = (same + cross) * k - (0.5 * cross) * rho
+        scale = sq[..., iu] * sq[..., ju]
+    else:
+        Vn = same * _k_alpha(al, rho) + cross * _k_alpha(al, -rho)
+        scale = (sq[..., iu] * sq[..., ju]) ** al
+    k_one = 2.0**al * math.gamma(al + 0.5) / (2.0 * math.sqrt(math.pi))
+    Vd = jnp.where(ok, same * k_one * (a if al == 1.0 else jnp.where(ok, a, 1.0) ** al), 0.0)
+    return Vd, jnp.where(both, scale * Vn, 0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The s-rule
 # ---------------------------------------------------------------------------------------------
@@ -222,13 +248,14 @@ def _log_decay(u: Any, lam: Any, beps: Any) -> Any:
     return -0.5 * jnp.sum(jnp.log1p(2.0 * s * lam)) - s * beps
 
 
-def _rule_geometry(lam: Any, beps: Any, beta_min: float) -> tuple[Any, Any]:
+def _rule_geometry(lam: Any, beps: Any, beta_min: float, tail: float = 0.0) -> tuple[Any, Any]:
     """(u_m, w) of the map u = u_m + w sinh(t), t ∈ [−T, T].
 
     The integrand in u = log s rises like e^{βu} up to u_a = −log(2 tr Σ_G + Bε), then falls at the
     scales −log(2λ_k + Bε) and where e^{−sBε} cuts off; it is below 1e-16 of its size beyond u_b
     (det^{−1/2} e^{−sBε} < e^{−37}, found by bisection) and left of u_a − 37/β. The central part
-    |t| ≤ 1 of the map covers [u_a − 1, u_hi + 1]; the sinh tails reach both cut-offs.
+    |t| ≤ _CORE of the map covers [u_a − 1, u_hi + 1]; the sinh tails reach both cut-offs. ``tail``: extra
+    power of s in the integrand at large s (the NTK's is O(1) there, not O(1/s) as V: tail = 1).
     """
     lmax = jnp.max(lam)
     lmin = jnp.min(jnp.where(lam > 0, lam, lmax))
@@ -238,7 +265,7 @@ def _rule_geometry(lam: Any, beps: Any, beta_min: float) -> tuple[Any, Any]:
     def bisect(_: int, bounds: Any) -> Any:
         a, b = bounds
         mid = 0.5 * (a + b)
-        small = _log_decay(mid, lam, beps) < -37.0
+        small = _log_decay(mid, lam, beps) + tail * mid < -37.0
         return jnp.where(small, a, mid), jnp.where(small, mid, b)
 
     _, u_b = jax.lax.fori_loop(0, 40, bisect, (lo, hi))
@@ -248,29 +275,31 @@ def _rule_geometry(lam: Any, beps: Any, beta_min: float) -> tuple[Any, Any]:
     u_m = 0.5 * (u_lo + u_hi)
     half = 0.5 * (u_hi - u_lo)
     sinh_t = math.sinh(_T)
-    w = jnp.maximum(half / math.sinh(1.0), jnp.maximum(half + 37.0 / beta_min, u_b - u_m) / sinh_t)
+    w = jnp.maximum(half / math.sinh(_CORE), jnp.maximum(half + 37.0 / beta_min, u_b - u_m) / sinh_t)
     return u_m, w
 
 
-def nodes_needed(cov: Any, eps: Any = 0.0, beta_min: float = 1.0, spacing: float = _SPACING) -> int:
+def nodes_needed(cov: Any, eps: Any = 0.0, beta_min: float = 1.0, spacing: float = _SPACING, tail: float = 0.0) -> int:
     """Odd node count whose step in u = log s is at most ``spacing`` over the features, for every
-    matrix of a concrete ``cov`` (..., B, B); rounded up to 2^k + 1 so that few shapes get compiled."""
+    matrix of a concrete ``cov`` (..., B, B); rounded up to q·2^k + 1 (q ∈ {4, 5, 6, 7}, at least 33)
+    so that few shapes get compiled and at most 25% more nodes than needed are evaluated."""
     c = np.asarray(cov, dtype=np.float64)
     B = c.shape[-1]
     G = np.eye(B) - 1.0 / B
     lam = np.linalg.eigvalsh(G @ c @ G).reshape(-1, B)
     lam = np.where(lam > _ZERO_EIG * np.max(np.abs(lam), axis=-1, keepdims=True), lam, 0.0)
-    geometry = jax.vmap(partial(_rule_geometry, beta_min=beta_min), in_axes=(0, None))
+    geometry = jax.vmap(partial(_rule_geometry, beta_min=beta_min, tail=tail), in_axes=(0, None))
     _, w = geometry(jnp.asarray(lam), jnp.asarray(B * float(eps)))
     w = float(np.max(np.asarray(w)))
-    n = 2 * _T * w * math.cosh(1.0) / spacing
-    k = max(5, math.ceil(math.log2(max(n, 1.0))))
-    return 2**k + 1
+    n = 2 * _T * w * math.cosh(_CORE) / spacing
+    n = max(n, 32.0)
+    q = 2 ** (math.floor(math.log2(n)) - 2)
+    return q * math.ceil(n / q) + 1
 
 
-def _s_rule(lam: Any, beps: Any, nodes: int, beta_min: float) -> tuple[Any, Any, Any]:
+def _s_rule(lam: Any, beps: Any, nodes: int, beta_min: float, tail: float = 0.0) -> tuple[Any, Any, Any]:
     """Nodes s, weights ω (including ds) and half-rule weights for ∫₀^∞ F(s) ds (see module docstring)."""
-    u_m, w = _rule_geometry(lam, beps, beta_min)
+    u_m, w = _rule_geometry(lam, beps, beta_min, tail)
     t = np.linspace(-_T, _T, nodes)
     h = t[1] - t[0]
     u = u_m + w * np.sinh(t)
@@ -316,15 +345,36 @@ def _tilt_jvp(primals: Any, tangents: Any) -> tuple[Any, Any]:
     return out, (dS, dlog)
 
 
+@jax.custom_jvp
+def _tilt_pairs(SG: Any, lam: Any, Q: Any, s: Any) -> tuple[Any, Any, Any]:
+    """:func:`_tilt` reduced to what the NNGP needs, by symmetry: diag S (n, B), the entries of S above the
+    diagonal in ``np.triu_indices(B, 1)`` order (n, P) and log det (n,); two (n × B) @ (B × ·) products."""
+    B = Q.shape[-1]
+    iu, ju = np.triu_indices(B, 1)
+    d = 1.0 + 2.0 * s[:, None] * lam
+    ld = lam / d
+    return ld @ (Q * Q).T, ld @ (Q[iu] * Q[ju]).T, jnp.sum(jnp.log(d), axis=-1)
+
+
+@_tilt_pairs.defjvp
+def _tilt_pairs_jvp(primals: Any, tangents: Any) -> tuple[Any, Any]:
+    SG, lam, Q, s = primals
+    out = _tilt_pairs(SG, lam, Q, s)
+    (dS, dlog) = _tilt_jvp(primals, tangents)[1]
+    iu, ju = np.triu_indices(Q.shape[-1], 1)
+    return out, (jnp.diagonal(dS, axis1=-2, axis2=-1), dS[:, iu, ju], dlog)
+
+
 #: Elements of one node chunk's (chunk, B, B) arrays: small enough to stay in cache at large B.
 _NODE_CHUNK_ELEMENTS = 1 << 14
 
 
-def _sum_over_nodes(fn: Any, s: Any, omega: Any, half: Any, B: int) -> Any:
+def _sum_over_nodes(fn: Any, s: Any, omega: Any, half: Any, per_node: int) -> Any:
     """Σ over the nodes of ``fn(s, omega, half)`` (which sums over its chunk of nodes): chunks of about
-    ``_NODE_CHUNK_ELEMENTS / B²`` nodes, a ``scan`` over the chunks (padded with zero-weight nodes)."""
+    ``_NODE_CHUNK_ELEMENTS / per_node`` nodes (``per_node``: entries per node of the arrays ``fn`` forms),
+    a ``scan`` over the chunks (padded with zero-weight nodes)."""
     n = s.shape[0]
-    size = max(1, min(n, _NODE_CHUNK_ELEMENTS // (B * B)))
+    size = max(1, min(n, _NODE_CHUNK_ELEMENTS // per_node))
     if size >= n:
         return fn(s, omega, half)
     k = -(-n // size)
@@ -348,17 +398,25 @@ def _nngp_one(cov: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, An
     al = hom.alpha
     s, omega, half = jax.lax.stop_gradient(_s_rule(lam, beps, nodes, al))
 
+    iu, ju = np.triu_indices(B, 1)
+
     def chunk(s: Any, omega: Any, half: Any) -> tuple[Any, Any]:
-        S, logdet = _tilt(SG, lam, Q, s)
-        (V,) = gaussian_kernels(S, hom)
+        Sd, Sp, logdet = _tilt_pairs(SG, lam, Q, s)
+        Vd, Vp = _pair_kernels(Sd, Sp, iu, ju, hom)
         c = jnp.exp(-s * beps - 0.5 * logdet)
         if al != 1.0:
             c = c * s ** (al - 1.0)
-        return jnp.einsum("n,nij->ij", omega * c, V), jnp.einsum("n,nij->ij", half * c, V)
+        wc, hc = omega * c, half * c
+        return (wc @ Vd, wc @ Vp), (hc @ Vd, hc @ Vp)
 
-    acc, acc_half = _sum_over_nodes(chunk, s, omega, half, B)
+    acc, acc_half = _sum_over_nodes(chunk, s, omega, half, (B * B) // 2 + B)
     const = B**al / math.gamma(al)
-    return const * acc, const * acc_half
+
+    def assemble(d: Any, p: Any) -> Any:
+        M = jnp.zeros((B, B), d.dtype).at[iu, ju].set(p)
+        return const * (M + M.T + jnp.diag(d))
+
+    return assemble(*acc), assemble(*acc_half)
 
 
 def _ntk_one(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> tuple[Any, Any, Any]:
@@ -371,7 +429,7 @@ def _ntk_one(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> tu
     B = cov.shape[-1]
     SG, lam, Q = _spectrum(cov)
     beps = B * eps
-    s, omega, half = jax.lax.stop_gradient(_s_rule(lam, beps, nodes, 1.0))
+    s, omega, half = jax.lax.stop_gradient(_s_rule(lam, beps, nodes, 1.0, tail=1.0))
     G = jnp.eye(B, dtype=cov.dtype) - 1.0 / B
     Th = G @ theta @ G
     Th = 0.5 * (Th + Th.T)
@@ -389,7 +447,7 @@ def _ntk_one(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> tu
         wc = omega * c
         return jnp.einsum("n,nij->ij", wc, V), jnp.einsum("n,nij->ij", wc, T), jnp.einsum("n,nij->ij", half * c, V)
 
-    accV, accT, accH = _sum_over_nodes(chunk, s, omega, half, B)
+    accV, accT, accH = _sum_over_nodes(chunk, s, omega, half, B * B)
     return B * accV, B * accT, B * accH
 
 
@@ -484,10 +542,10 @@ def _exact_parts(activation: Any, exact: bool | None, need_ntk: bool) -> Homogen
     return hom if ok else None
 
 
-def _resolve_nodes(nodes: int | None, cov: Any, eps: Any, beta_min: float) -> int:
+def _resolve_nodes(nodes: int | None, cov: Any, eps: Any, beta_min: float, tail: float = 0.0) -> int:
     if nodes is None:
         if _is_concrete(cov) and _is_concrete(eps):
-            return nodes_needed(cov, eps, beta_min)
+            return nodes_needed(cov, eps, beta_min, tail=tail)
         return DEFAULT_NODES
     if not isinstance(nodes, int) or nodes < 9 or nodes % 2 == 0:
         raise KernelError(f"nodes must be an odd integer >= 9, got {nodes!r}")
@@ -572,7 +630,7 @@ def batchnorm_ntk(
     hom = _exact_parts(activation, exact, need_ntk=True)
     if hom is None:
         return _ntk_monte_carlo(cov, theta, activation, eps, key, samples)
-    nodes = _resolve_nodes(nodes, cov, eps, 1.0)
+    nodes = _resolve_nodes(nodes, cov, eps, 1.0, tail=1.0)
     eps = jnp.asarray(eps, dtype=cov.dtype)
     return _ntk_exact(cov, theta, eps, hom, nodes)
 

@@ -138,7 +138,7 @@ def _bn_activation_kernel(activation: Any, eps: float, nodes: int | None, sample
     def same_batch(K: Any, T: Any) -> tuple[Any, Any]:
         _check_cov(K, "the pre-activation NNGP of a batch at a BatchNorm layer")
         if exact:
-            n = _resolve_nodes(nodes, K, eps, 1.0)
+            n = _resolve_nodes(nodes, K, eps, 1.0, tail=1.0)
             return _ntk_exact(K, T, jnp.asarray(eps, K.dtype), hom, n)
         mv, mt = batchnorm_ntk(K, T, activation, eps=eps, exact=False, key=jax.random.PRNGKey(seed), samples=samples)
         return mv.mean, mt.mean

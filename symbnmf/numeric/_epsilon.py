@@ -334,8 +334,11 @@ def _values(terms: dict, B: int, dps: int, t: sp.Expr, what: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # r-integrals, fixed point, eigenvalues
 # ---------------------------------------------------------------------------------------------
-def chi2_expectation(f: Callable[[Any], Any], k: int, what: str = "chi-square expectation") -> Any:
-    """E f(s) for s ~ chi^2_k by tanh-sinh quadrature (error estimate checked)."""
+def chi2_expectation(
+    f: Callable[[Any], Any], k: int, what: str = "chi-square expectation", breaks: Sequence[Any] = ()
+) -> Any:
+    """E f(s) for s ~ chi^2_k by tanh-sinh quadrature (error estimate checked), split at ``breaks``
+    (the s where f is not smooth: the tau cuts of the tables, see :func:`_s_breaks`)."""
     half = mpmath.mpf(k) / 2
     lognorm = -half * mpmath.log(2) - mpmath.loggamma(half)
 
@@ -347,6 +350,7 @@ def chi2_expectation(f: Callable[[Any], Any], k: int, what: str = "chi-square ex
     m = mpmath.mpf(k)
     sd = mpmath.sqrt(2 * m)
     pts = [mp.zero, max(m - 3 * sd, m / 4), m, m + 3 * sd, m + 12 * sd + 20, mp.inf]
+    pts = sorted(set(pts) | {mpmath.mpf(b) for b in breaks if 0 < b < mp.inf})
     val, err = mpmath.quad(g, pts, error=True)
     if not err <= mpmath.mpf(10) ** (-mp.dps + 6) * max(abs(val), 1):
         raise ConvergenceError(f"{what} (chi^2_{k}) did not converge: error estimate {mpmath.nstr(err, 3)}")
@@ -367,6 +371,14 @@ def _tau(mu: Any, s: Any, Bv: int, eps: Any) -> Any:
     return mu * s / (mu * s + Bv * eps)
 
 
+def _s_breaks(tab: TauTables, mu: Any, eps: Any) -> list[Any]:
+    """The s = B eps tau/(mu (1 - tau)) of the interior tau cuts of the tables (kinks leaving the
+    sphere): the integrands of the r-integral are not smooth there, so tanh-sinh is split at them."""
+    if not tab.pieces or eps == 0:
+        return []
+    return [tab.B * eps * p.lo / (mu * (1 - p.lo)) for p in tab.pieces[1:] if 0 < p.lo < 1]
+
+
 def fixed_point_map(tab: TauTables, setting: EpsSetting, mu: Any) -> Any:
     """F(mu) = sigma_w^2 E_s[(a - b)(tau)]: mu of the next layer's pre-activations (Lemma eps_radial_split)."""
     eps, sw = (
@@ -376,7 +388,9 @@ def fixed_point_map(tab: TauTables, setting: EpsSetting, mu: Any) -> Any:
     if eps == 0 or mu == mp.inf:
         return sw * (tab.value("a", mp.one) - tab.value("b", mp.one))
     return sw * chi2_expectation(
-        lambda s: tab.value("a", _tau(mu, s, tab.B, eps)) - tab.value("b", _tau(mu, s, tab.B, eps)), tab.B - 1
+        lambda s: tab.value("a", _tau(mu, s, tab.B, eps)) - tab.value("b", _tau(mu, s, tab.B, eps)),
+        tab.B - 1,
+        breaks=_s_breaks(tab, mu, eps),
     )
 
 
@@ -451,7 +465,7 @@ def eigenvalues(tab: TauTables, setting: EpsSetting, mu: Any) -> dict[str, Any]:
         def E(f: Callable[..., Any]) -> Any:
             if eps == 0:
                 return None
-            return chi2_expectation(lambda s: f(s, _tau(mu, s, Bv, eps)), Bv - 1)
+            return chi2_expectation(lambda s: f(s, _tau(mu, s, Bv, eps)), Bv - 1, breaks=_s_breaks(tab, mu, eps))
 
         for X in "GLM":
             nrm, tr = tab.norm[X], tab.trace[X]
@@ -529,9 +543,12 @@ def evaluate_eps(
                 out["fixed_point.diag"] = sw * tab.value("a", mp.one)
                 out["fixed_point.offdiag"] = sw * tab.value("b", mp.one)
             else:
-                out["fixed_point.diag"] = sw * chi2_expectation(lambda v: tab.value("a", _tau(mu, v, Bv, epsv)), Bv - 1)
+                cuts = _s_breaks(tab, mu, epsv)
+                out["fixed_point.diag"] = sw * chi2_expectation(
+                    lambda v: tab.value("a", _tau(mu, v, Bv, epsv)), Bv - 1, breaks=cuts
+                )
                 out["fixed_point.offdiag"] = sw * chi2_expectation(
-                    lambda v: tab.value("b", _tau(mu, v, Bv, epsv)), Bv - 1
+                    lambda v: tab.value("b", _tau(mu, v, Bv, epsv)), Bv - 1, breaks=cuts
                 )
             note = "BSB1 fixed point with eps: mu* = diag - offdiag solves mu = F(mu)"
         else:
