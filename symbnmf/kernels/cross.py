@@ -34,6 +34,7 @@ from symbnmf.kernels.nngp import (
     _s_rule,
     _spectrum,
     homogeneous,
+    in_float64,
 )
 
 #: Nodes per variable of the product rule (measured: ≤ 1.4e-14 relative at C = Σ, B = 4, 8; see tests).
@@ -90,6 +91,7 @@ def _cross_one(S11: Any, S22: Any, C: Any, eps: Any, hom: Any, nodes: int) -> An
 _cross_jit = jax.jit(_cross_one, static_argnames=("hom", "nodes"))
 
 
+@in_float64
 def batchnorm_cross_nngp(
     cov11: Any, cov22: Any, cross: Any, activation: Any = "relu", *, eps: Any = 0.0, nodes: int = CROSS_NODES
 ) -> Any:

@@ -31,7 +31,9 @@ static node count serves every Σ; the trapezoid on every other node gives an er
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
@@ -56,6 +58,33 @@ _SPACING = 0.4
 _ZERO_EIG = 1e-13
 #: Nodes of the tanh-sinh rule for the degree-α wedge integral (α ∉ {1}).
 _WEDGE_NODES = 81
+
+
+def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a public kernel function in float64 whatever JAX's default precision.
+
+    The Laplace integrals span many decades of s and cancel in float32 (NaN or garbage), so the
+    exact kernels are float64 computations. With ``jax_enable_x64`` on, ``fn`` runs as it is
+    (jit/vmap/grad compose as usual). With it off, concrete inputs are computed inside
+    ``jax.enable_x64(True)`` and returned as float64 numpy arrays; traced inputs (the caller's
+    own ``jit`` in float32 mode) get a clear error instead of a silent NaN.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if jax.config.jax_enable_x64:  # type: ignore[attr-defined]
+            return fn(*args, **kwargs)
+        leaves = jax.tree_util.tree_leaves((args, kwargs))
+        if any(isinstance(v, jax.core.Tracer) for v in leaves):
+            raise KernelError(
+                f"{fn.__name__} computes in float64: enable it with jax.config.update('jax_enable_x64', True) "
+                "before tracing (jit/grad/vmap) the kernels"
+            )
+        with jax.enable_x64(True):
+            out = fn(*args, **kwargs)
+            return jax.tree_util.tree_map(lambda v: np.asarray(v) if isinstance(v, jax.Array) else v, out)
+
+    return wrapper
 
 
 class KernelError(SymbnmfError):
@@ -552,6 +581,7 @@ def _resolve_nodes(nodes: int | None, cov: Any, eps: Any, beta_min: float, tail:
     return nodes
 
 
+@in_float64
 def batchnorm_nngp(
     cov: Any,
     activation: Any = "relu",
@@ -601,6 +631,7 @@ def _ntk_exact(cov: Any, theta: Any, eps: Any, hom: Homogeneous, nodes: int) -> 
     return V.reshape(cov.shape), T.reshape(cov.shape)
 
 
+@in_float64
 def batchnorm_ntk(
     cov: Any,
     theta: Any,

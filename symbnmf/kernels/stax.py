@@ -43,6 +43,7 @@ from symbnmf.kernels.nngp import (
     batchnorm_ntk,
     gaussian_kernels,
     homogeneous,
+    in_float64,
 )
 
 
@@ -168,6 +169,7 @@ def _bn_activation_kernel(activation: Any, eps: float, nodes: int | None, sample
 
 
 def _make_kernel_fn(steps: Sequence[Callable[[_State], _State]]) -> Callable:
+    @in_float64
     def kernel_fn(
         x1: Any, x2: Any = None, get: Any = None, *, progress: Callable[[int, int], None] | None = None
     ) -> Any:

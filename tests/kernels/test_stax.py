@@ -8,6 +8,8 @@ finite-width bias is far below them at this width).
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,3 +113,36 @@ def test_bad_layers_and_inputs():
         net[2](inputs(5), get="foo")
     with pytest.raises(KernelError, match="shape"):
         net[2](np.ones(5))
+
+
+def test_float32_default_jax_gives_float64_kernels_not_nan():
+    """With JAX's default float32, the public kernels still compute in float64 (no silent NaN), and
+    a float32 trace gets a clear error (subprocess: x64 is process-wide state)."""
+    import subprocess
+    import sys
+
+    code = """
+import json, numpy as np, jax
+assert not jax.config.jax_enable_x64
+import symbnmf
+from symbnmf.kernels import stax
+_, _, kernel_fn = stax.serial(stax.Dense(64), stax.BatchNorm(eps=1e-3), stax.Relu(), stax.Dense(3))
+x = np.random.default_rng(0).normal(size=(6, 5))
+k = kernel_fn(x, get=("nngp", "ntk"))
+try:
+    jax.jit(lambda c: symbnmf.batchnorm_nngp(c, "relu"))(np.eye(6))
+    err = None
+except symbnmf.SymbnmfError as e:
+    err = str(e)
+print(json.dumps({"dtype": str(k[0].dtype), "nngp": k[0].tolist(), "ntk": k[1].tolist(), "err": err}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["dtype"] == "float64"
+    assert "jax_enable_x64" in res["err"]
+    _, _, kernel_fn = stax.serial(stax.Dense(64), stax.BatchNorm(eps=1e-3), stax.Relu(), stax.Dense(3))
+    x = np.random.default_rng(0).normal(size=(6, 5))
+    k = kernel_fn(x, get=("nngp", "ntk"))
+    np.testing.assert_allclose(res["nngp"], np.asarray(k[0]), rtol=1e-12)
+    np.testing.assert_allclose(res["ntk"], np.asarray(k[1]), rtol=1e-12)
