@@ -238,6 +238,45 @@ def _jax_phi(act: Activation):
     return key, _PHI_CACHE[key]
 
 
+def _net_config(
+    act_key: str,
+    N: int,
+    B: int,
+    L: int,
+    burn_in: Any,
+    meth: str,
+    weights: str,
+    dtype: str,
+    gamma: Any,
+    beta: Any,
+    eps: Any,
+    sigma_b: Any,
+    init: str,
+    backward: Any,
+    keep_cov: Any,
+) -> Any:
+    """The static configuration of one compiled network pass (the key of its compiled program)."""
+    from symbnmf.montecarlo.run import NetConfig
+
+    return NetConfig(
+        N,
+        B,
+        L,
+        int(burn_in),
+        meth,
+        weights,
+        dtype,
+        float(gamma),
+        float(beta),
+        float(eps),
+        float(sigma_b),
+        init,
+        bool(backward),
+        act_key,
+        keep_cov=bool(keep_cov),
+    )
+
+
 def simulate(
     activation: str | Activation,
     batch_size: int,
@@ -306,26 +345,12 @@ def simulate(
 
     import jax
 
-    from symbnmf.montecarlo.run import NetConfig, plan_chunks, run_networks
+    from symbnmf.montecarlo.run import plan_chunks, run_networks
 
     act_key, phi_base = _jax_phi(act)
     phi = phi_base
-    cfg = NetConfig(
-        N,
-        B,
-        L,
-        int(burn_in),
-        meth,
-        weights,
-        dtype,
-        float(gamma),
-        float(beta),
-        float(eps),
-        float(sigma_b),
-        init,
-        bool(backward),
-        act_key,
-        keep_cov=bool(keep_cov),
+    cfg = _net_config(
+        act_key, N, B, L, burn_in, meth, weights, dtype, gamma, beta, eps, sigma_b, init, backward, keep_cov
     )
     if memory_bytes is not None and (
         isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer)) or memory_bytes < 1
@@ -414,25 +439,11 @@ def precompile_simulation(
     _require_nondegenerate(act, gamma, beta, backward)
     if burn_in is None:
         burn_in = 5 if init == "fixed_point" else 0
-    from symbnmf.montecarlo.run import NetConfig, precompile
+    from symbnmf.montecarlo.run import precompile
 
     act_key, phi = _jax_phi(act)
-    cfg = NetConfig(
-        N,
-        B,
-        L,
-        int(burn_in),
-        meth,
-        weights,
-        dtype,
-        float(gamma),
-        float(beta),
-        float(eps),
-        float(sigma_b),
-        init,
-        bool(backward),
-        act_key,
-        keep_cov=bool(keep_cov),
+    cfg = _net_config(
+        act_key, N, B, L, burn_in, meth, weights, dtype, gamma, beta, eps, sigma_b, init, backward, keep_cov
     )
     precompile(cfg, phi, K, memory_bytes=memory_bytes, devices=devices)
 

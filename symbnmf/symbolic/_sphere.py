@@ -28,8 +28,8 @@ import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 
