@@ -45,7 +45,16 @@ import sympy as sp
 
 from symbnmf._conventions import QUANTITIES, check_batch_size
 from symbnmf._errors import ConvergenceError, SymbnmfError
-from symbnmf.fast._fastquad import COARSE, FINE, ITER_COARSE, ITER_FINE, FastEvaluator, _Plan, kink_expressions
+from symbnmf.fast._fastquad import (
+    COARSE,
+    FINE,
+    ITER_COARSE,
+    ITER_FINE,
+    FastEvaluator,
+    _Plan,
+    kink_expressions,
+    plan_from_pairs,
+)
 
 #: Chebyshev degrees tried for the tau tables (each checked against half its degree).
 _DEGREES = (32, 64, 128)
@@ -76,10 +85,7 @@ class _Duck:
 def _eps_plan(phi: sp.Expr, beta_zero: bool) -> tuple[_Plan, tuple[str, ...]]:
     """A :class:`_Plan` whose 'quantities' are the eps integrals (names of eps_integrals)."""
     from symbnmf._activations import x
-    from symbnmf.fast._jaxprint import jax_code, print_assignments
-    from symbnmf.symbolic._algebra import B as Bsym
     from symbnmf.symbolic._epsilon import T, bn_activation, concrete_terms
-    from symbnmf.symbolic._sphere import y1, y2
 
     beta = sp.S.Zero if beta_zero else _BSYM
     params = (T, _GSYM) if beta_zero else (T, _GSYM, _BSYM)
@@ -103,50 +109,7 @@ def _eps_plan(phi: sp.Expr, beta_zero: bool) -> tuple[_Plan, tuple[str, ...]]:
         exprs.append(total)
     f, _ = bn_activation(phi, x, _GSYM, beta)
     kinks = kink_expressions(_Duck(f, sp.diff(f, x), str(phi)))
-    iterated = not all(k == 0 for k in kinks)
-    one_idx = tuple(i for i, (f1, f2) in enumerate(pairs) if iterated and (f1 == 1 or f2 == 1))
-    two_idx = tuple(i for i in range(len(pairs)) if i not in one_idx)
-    pnames = [f"_p{i}" for i in range(len(params))]
-    nm = {y1: "y1", y2: "y2", **dict(zip(params, pnames))}
-    psig = "".join(", " + p for p in pnames)
-
-    def _src(fname: str, sig: str, ex: list[sp.Expr], prefix: str) -> str:
-        if not ex:
-            return f"def {fname}({sig}):\n    return ()"
-        lines, outs, _ = print_assignments(ex, nm, target="jax", prefix=prefix)
-        return "\n".join(
-            [f"def {fname}({sig}):"]
-            + [f"    {ln}" for ln in lines]
-            + [f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})"]
-        )
-
-    integrand_src = _src("integrand", "y1, y2" + psig, [pairs[i][0] * pairs[i][1] for i in two_idx], "_u")
-    ones = [(pairs[i][0] if pairs[i][1] == 1 else pairs[i][1].subs(y2, y1)) for i in one_idx]
-    integrand1_src = _src("integrand1", "y1" + psig, ones, "_s")
-    cnames = {Bsym: "B", **dict(zip(params, pnames)), **{e: e.name for e in esyms}}
-    lines, outs, _ = print_assignments(exprs, cnames, target="jax", prefix="_v")
-    args = ", ".join(["B", *pnames, *[e.name for e in esyms]])
-    combine_src = "\n".join(
-        [f"def combine({args}):"] + [f"    {ln}" for ln in lines] + [f"    return ({', '.join(outs)},)"]
-    )
-    kmap = dict(zip(params, pnames))
-    kinks1_src = (
-        f"def kinks({', '.join(pnames)}):\n    return ({', '.join(jax_code(k, names=kmap) for k in kinks)},)"
-        if kinks
-        else f"def kinks({', '.join(pnames)}):\n    return ()"
-    )
-    plan = _Plan(
-        tuple(pairs),
-        tuple(params),
-        names,
-        integrand_src,
-        integrand1_src,
-        one_idx,
-        two_idx,
-        combine_src,
-        kinks1_src if iterated else "",
-        kinks1_src,
-    )
+    plan = plan_from_pairs(tuple(pairs), tuple(params), names, exprs, esyms, kinks)
     return plan, ("t", "g") if beta_zero else ("t", "g", "b")
 
 

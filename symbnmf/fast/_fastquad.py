@@ -216,9 +216,7 @@ class _Plan:
 
 
 def _plan(activation: Any, quantities: Sequence[str]) -> _Plan:
-    from symbnmf.symbolic._algebra import B as Bsym
     from symbnmf.symbolic._quantities import definitions
-    from symbnmf.symbolic._sphere import y1, y2
 
     act = activation
     params = act.free_parameters
@@ -244,22 +242,39 @@ def _plan(activation: Any, quantities: Sequence[str]) -> _Plan:
                 total += sp.sympify(coeff) * esyms[index[key]]
             subs[ph] = total
         exprs.append(sp.sympify(qd.formula).xreplace(subs))
+    return plan_from_pairs(tuple(pairs), tuple(params), tuple(need), exprs, esyms, kink_expressions(act))
+
+
+def plan_from_pairs(
+    pairs: tuple[tuple[sp.Expr, sp.Expr], ...],
+    params: tuple[sp.Symbol, ...],
+    names: tuple[str, ...],
+    exprs: Sequence[sp.Expr],
+    esyms: Sequence[sp.Symbol],
+    kinks: Sequence[sp.Expr],
+) -> _Plan:
+    """The jit sources of a plan: ``exprs`` (one per name) are formulas in the placeholders
+    ``esyms``, placeholder k standing for E[f1(y1) f2(y2)] with ``pairs[k] = (f1, f2)``; ``kinks``
+    are the kinks of the activation (in its parameters ``params``). Shared by :func:`_plan` and the
+    eps > 0 tables (:mod:`symbnmf.fast._epsquad`)."""
+    from symbnmf.symbolic._algebra import B as Bsym
+    from symbnmf.symbolic._sphere import y1, y2
+
     pnames = [f"_p{i}" for i in range(len(params))]
     # integrand(y1, y2, *params) -> f1*f2 for the two-coordinate pairs; integrand1(y1, *params) ->
     # f(y1) for the one-coordinate pairs (f2 = 1: a 1-D rule suffices); shared subexpressions
-    kinks = kink_expressions(act)
     iterated = not all(k == 0 for k in kinks)
     # (the polar scheme integrates one-coordinate pairs with its 2-D rule too: its radial Gauss rule
     # resolves near-real poles such as those of tanh(g y) at y = i pi/(2g) that a theta rule misses)
     one_idx = tuple(i for i, (f1, f2) in enumerate(pairs) if iterated and (f1 == 1 or f2 == 1))
     two_idx = tuple(i for i in range(len(pairs)) if i not in one_idx)
-    names = {y1: "y1", y2: "y2", **dict(zip(params, pnames))}
+    ynames = {y1: "y1", y2: "y2", **dict(zip(params, pnames))}
     psig = "".join(", " + p for p in pnames)
 
-    def _src(fname: str, sig: str, exprs: list[sp.Expr], prefix: str) -> str:
-        if not exprs:
+    def _src(fname: str, sig: str, ex: list[sp.Expr], prefix: str) -> str:
+        if not ex:
             return f"def {fname}({sig}):\n    return ()"
-        lines, outs, _ = print_assignments(exprs, names, target="jax", prefix=prefix)
+        lines, outs, _ = print_assignments(ex, ynames, target="jax", prefix=prefix)
         return "\n".join(
             [f"def {fname}({sig}):"]
             + [f"    {ln}" for ln in lines]
@@ -282,9 +297,9 @@ def _plan(activation: Any, quantities: Sequence[str]) -> _Plan:
     )
     kinks_src = kinks1_src if iterated else ""
     return _Plan(
-        tuple(pairs),
-        tuple(params),
-        tuple(need),
+        pairs,
+        params,
+        names,
         integrand_src,
         integrand1_src,
         one_idx,
