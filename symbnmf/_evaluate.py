@@ -261,6 +261,18 @@ def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int |
     return out
 
 
+def evaluate_fast_or_quadrature(
+    activation: str | Activation, Bs: int | Iterable[int], **kwargs: Any
+) -> tuple[list[dict[str, Any]], str]:
+    """``(records, method)``: :func:`evaluate` with the JAX fast path, falling back to the certified
+    mpmath quadrature where the fast path refuses (e.g. its self-check raises ConvergenceError).
+    Used where a theory column is wanted for any activation (simulation, trainability)."""
+    try:
+        return evaluate(activation, Bs, method="fast", **kwargs), "fast"
+    except SymbnmfError:
+        return evaluate(activation, Bs, method="quadrature", **kwargs), "quadrature"
+
+
 def evaluation_document(activation: str | Activation, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The one JSON object printed by ``symbnmf eval --json``."""
     act = get_activation(activation)

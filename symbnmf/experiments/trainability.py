@@ -91,7 +91,7 @@ def theory_records_eps(
     BN variance, eps inside the square root), fast JAX path, else mpmath. In the collapsed phase
     (mu* = 0) or without explosion (backward.G <= 1) the record's ``depth_scale`` is None."""
     from symbnmf._activations import get_activation
-    from symbnmf._evaluate import evaluate
+    from symbnmf._evaluate import evaluate_fast_or_quadrature
 
     act = get_activation(activation)
     good = [int(b) for b in Bs if int(b) >= 4]
@@ -100,12 +100,8 @@ def theory_records_eps(
     reason = None
     source = "none"
     try:
-        try:
-            recs = evaluate(act, good, method="fast", **kw) if good else []
-            source = "symbnmf.evaluate(method='fast', eps=...)"
-        except SymbnmfError:
-            recs = evaluate(act, good, method="quadrature", **kw) if good else []
-            source = "symbnmf.evaluate(method='quadrature', eps=...)"
+        recs, used = evaluate_fast_or_quadrature(act, good, **kw) if good else ([], "fast")
+        source = f"symbnmf.evaluate(method='{used}', eps=...)"
         for r in recs:
             out[int(r["B"])] = r
         collapsed = [int(r["B"]) for r in recs if r.get("phase") == "collapsed"]

@@ -118,10 +118,9 @@ def theory_values(
         # Monte Carlo standard error), falling back to the certified mpmath quadrature.
         if comp.has_closed_form:
             return evaluate(comp, [B], method="closed-form")[0], None
-        try:
-            return evaluate(comp, [B], method="fast")[0], None
-        except SymbnmfError:
-            return evaluate(comp, [B], method="quadrature")[0], None
+        from symbnmf._evaluate import evaluate_fast_or_quadrature
+
+        return evaluate_fast_or_quadrature(comp, [B])[0][0], None
     except SymbnmfError as exc:
         return None, f"no theory value: {exc}"
     except Exception as exc:
@@ -136,14 +135,11 @@ def _theory_values_eps(
     x = phi(gamma BN(h) + beta); sigma_b drops out of BN. The record's ``fixed_point`` is the
     covariance of x (= the next pre-activation covariance at sigma_w^2 = 1, sigma_b = 0), as the
     simulator measures; it gains ``phase`` ("bsb1" | "collapsed"). Fast JAX path, else mpmath."""
-    from symbnmf._evaluate import evaluate
+    from symbnmf._evaluate import evaluate_fast_or_quadrature
 
     kw: dict[str, Any] = {"eps": float(eps), "weight_var": 1.0, "gamma": float(gamma), "beta": float(beta)}
     try:
-        try:
-            return evaluate(act, [B], method="fast", **kw)[0], None
-        except SymbnmfError:
-            return evaluate(act, [B], method="quadrature", **kw)[0], None
+        return evaluate_fast_or_quadrature(act, [B], **kw)[0][0], None
     except SymbnmfError as exc:
         return None, f"no theory value: {exc}"
     except Exception as exc:
