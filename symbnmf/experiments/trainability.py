@@ -32,6 +32,14 @@ DEPTH_MULTIPLE = 16
 # ---------------------------------------------------------------------------------------------
 # theory
 # ---------------------------------------------------------------------------------------------
+def _small_batch_reason(Bs: Sequence[int]) -> str | None:
+    """Why batch sizes below 4 get no prediction (None when there are none)."""
+    small = [int(b) for b in Bs if int(b) < 4]
+    if small:
+        return f"B={', '.join(map(str, small))} is outside the theory (needs B >= 4, App. J): no prediction there"
+    return None
+
+
 def theory_records(
     activation: Any, Bs: Sequence[int], method: str = "auto"
 ) -> tuple[list[dict | None], str, str | None]:
@@ -77,10 +85,7 @@ def theory_records(
             reason = f"theory unavailable: {exc}"
         except Exception as exc:
             reason = f"theory unavailable ({type(exc).__name__}: {exc})"
-    small = [int(b) for b in Bs if int(b) < 4]
-    if small and reason is None:
-        reason = f"B={', '.join(map(str, small))} is outside the theory (needs B >= 4, App. J): no prediction there"
-    return [out.get(int(b)) for b in Bs], source, reason
+    return [out.get(int(b)) for b in Bs], source, reason or _small_batch_reason(Bs)
 
 
 def theory_records_eps(
@@ -111,10 +116,7 @@ def theory_records_eps(
         reason = f"theory unavailable: {exc}"
     except Exception as exc:
         reason = f"theory unavailable ({type(exc).__name__}: {exc})"
-    small = [int(b) for b in Bs if int(b) < 4]
-    if small and reason is None:
-        reason = f"B={', '.join(map(str, small))} is outside the theory (needs B >= 4, App. J): no prediction there"
-    return [out.get(int(b)) for b in Bs], source, reason
+    return [out.get(int(b)) for b in Bs], source, reason or _small_batch_reason(Bs)
 
 
 def predicted_max_depth(activation: Any, Bs: Sequence[int], method: str = "auto") -> list[float | None]:
