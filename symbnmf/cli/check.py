@@ -80,6 +80,13 @@ def _task(args: tuple[Any, int, int, dict]) -> dict[str, Any]:
     return certify(act, B, dps, forms=forms).as_json()
 
 
+def _worst_and_flag(result: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The least-agreeing quantity of one certificate, and the text naming any that disagree."""
+    worst = min(result["quantities"], key=lambda q: q["digits"])
+    bad = [q["name"] for q in result["quantities"] if not q["agrees"]]
+    return worst, "" if result["ok"] else "   DISAGREES: " + ", ".join(bad)
+
+
 def run(args: argparse.Namespace) -> int:
     from symbnmf._activations import get_activation
     from symbnmf._conventions import check_batch_size
@@ -141,10 +148,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"{'activation':>20} {'B':>4} {'min digits':>10} {'quad s':>7}  worst quantity")
         for r in results:
-            worst = min(r["quantities"], key=lambda q: q["digits"])
-            flag = (
-                "" if r["ok"] else "   DISAGREES: " + ", ".join(q["name"] for q in r["quantities"] if not q["agrees"])
-            )
+            worst, flag = _worst_and_flag(r)
             wname = (
                 worst["name"] if worst["digits"] < args.dps else f"(all >= {args.dps}: agreement at working precision)"
             )
@@ -214,10 +218,7 @@ def _run_eps(args: argparse.Namespace, acts: list, Bs: list[int], bn: dict, t0: 
         )
         print(f"{'activation':>60} {'B':>4} {'min digits':>10}  worst quantity")
         for r in results:
-            worst = min(r["quantities"], key=lambda q: q["digits"])
-            flag = (
-                "" if r["ok"] else "   DISAGREES: " + ", ".join(q["name"] for q in r["quantities"] if not q["agrees"])
-            )
+            worst, flag = _worst_and_flag(r)
             print(f"{r['activation']:>60} {r['B']:>4} {r['min_digits']:>10.1f}  {worst['name']}{flag}")
         print(f"{'all certified' if ok else 'FAILED'}: min {min_digits} digits, {seconds:.1f} s wall")
     return 0 if ok else 1
