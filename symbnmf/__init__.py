@@ -72,7 +72,10 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "batchnorm_nngp": ("symbnmf.kernels.nngp", "batchnorm_nngp"),
     "batchnorm_ntk": ("symbnmf.kernels.nngp", "batchnorm_ntk"),
     "batchnorm_cross_nngp": ("symbnmf.kernels.cross", "batchnorm_cross_nngp"),
+    "batchnorm_cross_ntk": ("symbnmf.kernels.cross", "batchnorm_cross_ntk"),
     "KernelError": ("symbnmf.kernels.nngp", "KernelError"),
+    "choose_rule": ("symbnmf.kernels.nngp", "choose_rule"),
+    "SRule": ("symbnmf.kernels.nngp", "SRule"),
     "stax": ("symbnmf.kernels.stax", ""),
     # 7. experiments: training and trainability
     "TrainConfig": ("symbnmf.experiments.train", "TrainConfig"),
@@ -132,8 +135,8 @@ if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
     from symbnmf.fast._epsquad import fast_evaluate_eps
     from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
     from symbnmf.kernels import stax
-    from symbnmf.kernels.cross import batchnorm_cross_nngp
-    from symbnmf.kernels.nngp import KernelError, batchnorm_nngp, batchnorm_ntk
+    from symbnmf.kernels.cross import batchnorm_cross_nngp, batchnorm_cross_ntk
+    from symbnmf.kernels.nngp import KernelError, SRule, batchnorm_nngp, batchnorm_ntk, choose_rule
     from symbnmf.montecarlo.networks import MonteCarloError, SimulationResult, precompile_simulation, simulate
     from symbnmf.numeric._certify import Certificate, certify
     from symbnmf.numeric._epsforms import certify_eps

@@ -4,9 +4,22 @@ May import: the base modules, symbolic, numeric, fast, the front door symbnmf._e
 
 from symbnmf.kernels import stax as stax
 from symbnmf.kernels.cross import batchnorm_cross_nngp as batchnorm_cross_nngp
+from symbnmf.kernels.cross import batchnorm_cross_ntk as batchnorm_cross_ntk
 from symbnmf.kernels.nngp import KernelError as KernelError
 from symbnmf.kernels.nngp import MonteCarloKernel as MonteCarloKernel
+from symbnmf.kernels.nngp import SRule as SRule
 from symbnmf.kernels.nngp import batchnorm_nngp as batchnorm_nngp
 from symbnmf.kernels.nngp import batchnorm_ntk as batchnorm_ntk
+from symbnmf.kernels.nngp import choose_rule as choose_rule
 
-__all__ = ["KernelError", "MonteCarloKernel", "batchnorm_cross_nngp", "batchnorm_nngp", "batchnorm_ntk", "stax"]
+__all__ = [
+    "KernelError",
+    "MonteCarloKernel",
+    "SRule",
+    "batchnorm_cross_nngp",
+    "batchnorm_cross_ntk",
+    "batchnorm_nngp",
+    "batchnorm_ntk",
+    "choose_rule",
+    "stax",
+]

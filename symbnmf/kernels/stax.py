@@ -19,8 +19,10 @@ with a fixed key for other φ). A BN not followed by an activation is BN + ident
 without a BN before it acts on the Gaussian pre-activations (arccosine kernels, degree-1 φ only).
 
 Two batches (``x2`` given): the kernel is propagated on the joint (B₁+B₂)×(B₁+B₂) matrices; every
-BN normalises each batch with its own statistics, so the cross block through a BN needs the
-cross-batch kernel (:func:`symbnmf.kernels.cross.batchnorm_cross_nngp`); its NTK is not implemented.
+BN normalises each batch with its own statistics, so the cross blocks through a BN + φ are the
+cross-batch kernels (:func:`symbnmf.kernels.cross.batchnorm_cross_ntk`: NNGP and NTK, exact for
+identity/relu/leaky_relu). For other φ every block of that layer comes from one seeded Monte Carlo
+sampling of the joint pre-activations (so the joint kernels stay positive semidefinite).
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def _bn_activation_kernel(activation: Any, eps: float, nodes: int | None, sample
     exact = hom is not None and hom.alpha == 1.0
 
     def same_batch(K: Any, T: Any) -> tuple[Any, Any]:
-        _check_cov(K, "the pre-activation NNGP of a batch at a BatchNorm layer")
+        _check_cov(K, "the pre-activation NNGP of a batch at a BatchNorm layer", built=True)
         if exact:
             n = _resolve_nodes(nodes, K, eps, 1.0, tail=1.0)
             return _ntk_exact(K, T, jnp.asarray(eps, K.dtype), hom, n)
@@ -148,16 +150,25 @@ def _bn_activation_kernel(activation: Any, eps: float, nodes: int | None, sample
         if st.split is None:
             V, Th = same_batch(st.K, st.T)
             return _State(V, Th, None)
-        from symbnmf.kernels.cross import batchnorm_cross_nngp
+        from symbnmf.kernels.cross import _joint_monte_carlo, batchnorm_cross_ntk
 
-        a = slice(0, st.split)
-        b = slice(st.split, st.K.shape[0])
+        B1 = st.split
+        a = slice(0, B1)
+        b = slice(B1, st.K.shape[0])
+        if not exact:
+            _check_cov(st.K[a, a], "the pre-activation NNGP of the first batch at a BatchNorm layer", built=True)
+            _check_cov(st.K[b, b], "the pre-activation NNGP of the second batch at a BatchNorm layer", built=True)
+            # one joint sampling for every block, so that the joint kernels stay positive semidefinite
+            key = jax.random.PRNGKey(seed)
+            mv, mt = _joint_monte_carlo(st.K, st.T, B1, activation, jnp.asarray(eps, st.K.dtype), key, samples)
+            return _State(mv.mean, mt.mean, st.split)
         V11, T11 = same_batch(st.K[a, a], st.T[a, a])
         V22, T22 = same_batch(st.K[b, b], st.T[b, b])
-        V12 = batchnorm_cross_nngp(st.K[a, a], st.K[b, b], st.K[a, b], activation, eps=eps)
+        V12, T12 = batchnorm_cross_ntk(
+            st.K[a, a], st.K[b, b], st.K[a, b], st.T[a, b], activation, eps=eps, exact=True, nodes=nodes
+        )
         V = jnp.block([[V11, V12], [V12.T, V22]])
-        nan = jnp.full_like(V12, jnp.nan)  # cross-batch NTK through BN: not implemented
-        Th = jnp.block([[T11, nan], [nan.T, T22]])
+        Th = jnp.block([[T11, T12], [T12.T, T22]])
         return _State(V, Th, st.split)
 
     return f
@@ -225,8 +236,8 @@ def BatchNorm(eps: float = 0.0, *, nodes: int | None = None, samples: int = 100_
     """Batch normalization over the batch axis 0 (biased variance, ε; γ = 1, β = 0), no parameters.
 
     In :func:`serial` it is fused with the activation layer that follows it. ``nodes``: s-quadrature
-    nodes of the exact kernel (None: chosen per layer for 1e-13); ``samples``/``seed``: Monte Carlo
-    for activations without an exact kernel.
+    nodes of the exact kernel, also per variable of the cross-batch product rule (None: chosen per
+    layer for about 1e-13); ``samples``/``seed``: Monte Carlo for activations without an exact kernel.
     """
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:

@@ -253,3 +253,100 @@ def test_bad_eps_and_nodes():
         batchnorm_nngp(np.eye(4), "relu", nodes=64)
     with pytest.raises(KernelError, match="theta"):
         batchnorm_ntk(np.eye(4), np.eye(5), "relu")
+
+
+# --- the Gauss–Jacobi s-rule at ε = 0 -----------------------------------------------------------------
+
+
+def gauss_families(B: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(100 + B)
+    A = rng.standard_normal((B, B + 3))
+    A[1] = A[0] + 1e-3 * rng.standard_normal(B + 3)
+    return {
+        "bsb1": bsb1(B, 1.4, 0.4),
+        "near_bsb1": bsb1(B, 1.3, 0.3) + 0.05 * random_cov(B, 7, 4 * B),
+        "wide": random_cov(B, 8, 4 * B),
+        "wishart": random_cov(B, 9),
+        "rank3": random_cov(B, 10, 3) + 0.1,
+        "near_duplicate": A @ A.T / (B + 3),
+    }
+
+
+def test_choose_rule_follows_the_spectrum():
+    from symbnmf.kernels.nngp import SRule, choose_rule
+
+    assert choose_rule(bsb1(16, 1.4, 0.4)) == SRule("gauss", 8, 1.0)  # κ = 1: one node would be exact
+    near = choose_rule(bsb1(64, 1.3, 0.3) + 0.05 * random_cov(64, 7, 256))
+    assert near.kind == "gauss" and near.nodes <= 16
+    assert choose_rule(random_cov(16, 1), eps=0.1).kind == "de"  # e^{-sBε} is not analytic at x = 1
+    ill = np.diag(np.logspace(0, 12, 16))  # κ ~ 1e12: no Gauss size is predicted to reach the target
+    assert choose_rule(ill).kind == "de"
+    flat = random_cov(8, 3, 2) + 0.1  # rank(Σ_G) = 2: the NTK integral needs the DE rule (a ≤ -1)
+    assert choose_rule(flat, tail=1.0).kind == "de"
+
+
+@pytest.mark.parametrize("B", [4, 16, 64])
+def test_gauss_rule_matches_a_fine_de_rule(B):
+    """Every family (BSB1, near-BSB1, well- and ill-conditioned, low rank, near-duplicate inputs): the
+    automatic rule agrees with a 1025-node double-exponential rule (itself checked against laplace_V
+    above) for the NNGP of relu and alpha_relu(0.5) and for the NTK transport."""
+    from symbnmf.kernels.nngp import choose_rule
+
+    theta = bsb1(B, 1.2, 0.2)
+    for name, cov in gauss_families(B).items():
+        for act, beta in (("relu", 1.0), ("alpha_relu(0.5)", 0.5)):
+            got, est = batchnorm_nngp(cov, act, return_error=True)
+            ref = batchnorm_nngp(cov, act, nodes=1025)
+            err = rel(got, ref)
+            assert err < 1e-12, (name, act, choose_rule(cov, beta=beta), err)
+            assert float(est) < 1e-6 or float(est) >= 0.1 * err  # an estimate, never far below the error
+        _, T = batchnorm_ntk(cov, theta, "relu")
+        _, Tref = batchnorm_ntk(cov, theta, "relu", nodes=1025)
+        assert rel(T, Tref) < 1e-12, (name, choose_rule(cov, tail=1.0), rel(T, Tref))
+
+
+def test_gauss_rule_converges_at_the_predicted_rate():
+    """Fit the convergence order: the n-point Gauss–Jacobi error decays like ρ^{-2n} with
+    ρ = (κ^{1/4} + 1)/(κ^{1/4} − 1) for the map x = s/(s + c) (module docstring)."""
+    from symbnmf.kernels.nngp import SRule
+
+    B = 12
+    lam = np.linspace(1.0, 40.0, B - 1)  # κ = 40 on the range of G
+    G = np.eye(B) - 1.0 / B
+    Q = np.linalg.qr(np.random.default_rng(4).standard_normal((B, B)) @ G)[0][:, : B - 1]
+    Q = np.linalg.qr(G @ Q)[0]
+    cov = (Q * lam) @ Q.T + 0.3
+    ref = np.asarray(batchnorm_nngp(cov, "relu", nodes=2049))
+    ns = np.array([3, 5, 7, 9, 11])
+    errs = np.array([rel(batchnorm_nngp(cov, "relu", rule=SRule("gauss", int(n))), ref) for n in ns])
+    slope = np.polyfit(ns, np.log(errs), 1)[0]
+    p = 40.0**0.25
+    predicted = -2.0 * np.log((p + 1.0) / (p - 1.0))
+    assert 1.25 * predicted < slope < 0.8 * predicted, (slope, predicted, errs)
+
+
+def test_rule_under_jit_and_grad():
+    from symbnmf.kernels.nngp import choose_rule
+
+    cov = random_cov(8, 5, 32)
+    rule = choose_rule(cov)
+    assert rule.kind == "gauss"
+    direct = np.asarray(batchnorm_nngp(cov, "relu"))
+    jitted = jax.jit(lambda c: batchnorm_nngp(c, "relu", rule=rule))
+    assert rel(jitted(jnp.asarray(cov)), direct) < 1e-14
+    R, Dir = random_cov(8, 6), random_cov(8, 11)
+    f = lambda S: jnp.sum(R * batchnorm_nngp(S, "relu", rule=rule))
+    g = jax.grad(f)(jnp.asarray(cov))
+    h = 1e-4
+    fd = lambda k: float(f(jnp.asarray(cov + k * Dir)))
+    d = (8 * (fd(h) - fd(-h)) - (fd(2 * h) - fd(-2 * h))) / (12 * h)
+    assert abs(float(jnp.sum(g * Dir)) - d) < 1e-8 * max(1.0, abs(d))
+
+
+def test_gauss_rule_refuses_eps():
+    from symbnmf.kernels.nngp import SRule
+
+    with pytest.raises(KernelError, match="eps = 0"):
+        batchnorm_nngp(np.eye(4) + 0.1, "relu", eps=0.1, rule=SRule("gauss", 8))
+    with pytest.raises(KernelError, match="SRule"):
+        batchnorm_nngp(np.eye(4) + 0.1, "relu", rule=("gauss", 8))
