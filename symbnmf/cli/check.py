@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
 
 from symbnmf.cli.util import add_json_argument, parse_params, print_json
@@ -60,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="worker processes (default: number of CPU cores, at most one per task)",
+        help="worker processes for the derivations and quadratures (default: number of CPU cores, at most one "
+        "per case); the output is the same for any N",
     )
     g = p.add_argument_group(
         "BN with eps > 0 (issue 12): certify the eps closed forms (symbnmf.derive_eps: identity, relu, leaky_relu) "
@@ -73,11 +76,83 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_argument(p)
 
 
-def _task(args: tuple[Any, int, int, dict]) -> dict[str, Any]:
-    from symbnmf.numeric._certify import certify
+def _derive_task(acts: list) -> tuple[list[dict[str, Any]], float]:
+    """The closed forms of every activation (disk cache or derived, in one process: the
+    derivations share SymPy's caches) and the wall seconds it took."""
+    from symbnmf.numeric._certify import closed_forms
 
-    act, B, dps, forms = args
-    return certify(act, B, dps, forms=forms).as_json()
+    t0 = time.perf_counter()
+    forms = [closed_forms(act) for act in acts]
+    return forms, time.perf_counter() - t0
+
+
+def _quadrature_task(args: tuple[Any, int, int]) -> tuple[dict[str, Any], float]:
+    """The independent mpmath quadrature of one case (needs no closed form)."""
+    from symbnmf.numeric._certify import certificate_quadrature
+
+    act, B, dps = args
+    return certificate_quadrature(act, B, dps)
+
+
+def _certify_cases(acts: list, Bs: list[int], dps: int, jobs: int, bar: Any) -> tuple[list[dict[str, Any]], float]:
+    """Certificates of every (activation, B) in the order given, and the derivations' seconds.
+
+    With ``jobs`` > 1 the derivations (one task: they share SymPy's caches) and the quadratures
+    (which need no closed form) all run in ``jobs`` worker processes, the derivations first, then
+    the quadratures largest B first (the longest tasks first keeps both cores busy to the end);
+    each certificate is assembled in this process as soon as its quadrature and the closed forms
+    are there. The certificates are deterministic functions of (activation, B, dps), so the
+    output is the same for any ``jobs`` (tested), only the timing fields differ.
+    """
+    from symbnmf.numeric._certify import certificate
+
+    cases = [(i, j) for i in range(len(acts)) for j in range(len(Bs))]
+    certs: dict[tuple[int, int], dict[str, Any]] = {}
+    forms: dict[int, dict[str, Any]] = {}
+    t_derive = 0.0
+
+    def finish(i: int, j: int, quad: tuple[dict[str, Any], float]) -> None:
+        certs[i, j] = certificate(acts[i], Bs[j], dps, forms[i], quad).as_json()
+        bar.update(1)
+
+    if jobs == 1:
+        derived, t_derive = _derive_task(acts)
+        forms.update(enumerate(derived))
+        for i, j in cases:
+            bar.set_postfix_str(f"{acts[i].label} B={Bs[j]}")
+            finish(i, j, _quadrature_task((acts[i], Bs[j], dps)))
+        return [certs[c] for c in cases], t_derive
+    order = sorted(cases, key=lambda c: -Bs[c[1]])  # stable: activations in the order given
+    waiting: list[tuple[int, int, tuple[dict[str, Any], float]]] = []
+    # what every worker needs, loaded once here and inherited (fork) rather than once per worker
+    import symbnmf.symbolic._derive  # noqa: F401
+    from symbnmf.symbolic._quantities import abstract_definitions
+
+    abstract_definitions()
+    # fork is cheapest (the workers inherit what is loaded above), but not safe once JAX's
+    # threads run in this process (``check`` itself never imports JAX; an embedding caller may)
+    ctx = multiprocessing.get_context("spawn") if "jax" in sys.modules else None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures: dict[Future, tuple[int, int]] = {pool.submit(_derive_task, acts): (-1, -1)}
+        try:
+            for i, j in order:
+                futures[pool.submit(_quadrature_task, (acts[i], Bs[j], dps))] = (i, j)
+            for fut in as_completed(futures):
+                i, j = futures[fut]
+                if i < 0:
+                    derived, t_derive = fut.result()  # NoClosedFormError: cancel the rest, exit 2
+                    forms.update(enumerate(derived))
+                    for ii, jj, quad in waiting:
+                        finish(ii, jj, quad)
+                elif forms:
+                    finish(i, j, fut.result())
+                else:
+                    waiting.append((i, j, fut.result()))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return [certs[c] for c in cases], t_derive
 
 
 def _worst_and_flag(result: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -92,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from symbnmf._conventions import check_batch_size
     from symbnmf._errors import SymbnmfError
     from symbnmf._progress import progress
-    from symbnmf.numeric._certify import closed_forms
+    from symbnmf.numeric._certify import require_closed_form
 
     t0 = time.perf_counter()
     if not isinstance(args.dps, int) or not 10 <= args.dps <= 1000:
@@ -104,26 +179,13 @@ def run(args: argparse.Namespace) -> int:
     bn = {k: getattr(args, k, None) for k in ("eps", "weight_var", "gamma", "beta")}
     if any(v is not None for v in bn.values()):
         return _run_eps(args, acts, Bs, bn, t0)
-    forms: dict[str, dict] = {}
     for act in acts:
-        act.require_bound()
-        forms[act.label] = closed_forms(act)  # NoClosedFormError for tanh & co. (exit 2)
-    t_derive = time.perf_counter() - t0
-    tasks = [(act, B, args.dps, forms[act.label]) for act in acts for B in Bs]
+        require_closed_form(act)  # NoClosedFormError for tanh & co. (exit 2) before any work
+    ncases = len(acts) * len(Bs)
     jobs = args.jobs if args.jobs else (os.cpu_count() or 1)
-    jobs = max(1, min(jobs, len(tasks)))
-    results: list[dict[str, Any]] = []
-    with progress(len(tasks), desc="check", unit="case", disable=args.json) as bar:
-        if jobs == 1:
-            for t in tasks:
-                bar.set_postfix_str(f"{t[0].label} B={t[1]}")
-                results.append(_task(t))
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                for r in pool.map(_task, tasks):
-                    results.append(r)
-                    bar.update(1)
+    jobs = max(1, min(jobs, ncases))
+    with progress(ncases, desc="check", unit="case", disable=args.json) as bar:
+        results, t_derive = _certify_cases(acts, Bs, args.dps, jobs, bar)
     ok = all(r["ok"] for r in results)
     min_digits = min((r["min_digits"] for r in results), default=None)
     seconds = time.perf_counter() - t0

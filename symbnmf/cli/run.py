@@ -119,44 +119,89 @@ def _run(args: argparse.Namespace, out: Path, final: Path) -> int:
     bar = _progress(steps, args.json)
     t_all = time.perf_counter()
 
-    # 1. derivations
-    from symbnmf.cli.scripts import write_derivation
-
-    t0 = time.perf_counter()
-    derived = {}
-    (out / "derivations").mkdir(exist_ok=True)
-    for act in DERIVE:
-        bar.set_postfix_str(f"derive {act}")
-        derived[act] = write_derivation(act, out / "derivations", act, force=True)
-        bar.update()
-    summary["steps"]["derive"] = {
-        "seconds": round(time.perf_counter() - t0, 2),
-        "files": [derived[a][k] for a in DERIVE for k in ("tex", "json")],
-    }
-
-    # 2. certification (pure mpmath, one core): in a worker process, concurrently with the code
-    # generation and the Monte Carlo below (issue 14); its results are collected at the end
+    # Everything that needs no closed form starts at once, beside the derivations (issue 14): the
+    # Monte Carlo programs compile in one background thread and run in another (their theory
+    # columns are attached once the closed forms exist), and the certification's mpmath
+    # quadratures run in a worker process. XLA and mpmath release the GIL or run apart, so the
+    # two cores stay busy from the first second; every result is the same as computed in turn.
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from symbnmf.numeric._certify import certificate_quadrature
+
+    mc = _MonteCarlo(args)
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        pending = [pool.submit(_certify_timed, act, B, args.dps) for act in CERTIFY for B in CERT_B]
-        return _run_rest(args, out, final, summary, bar, t_all, pending)
+        pending = [pool.submit(certificate_quadrature, act, B, args.dps) for act in CERTIFY for B in CERT_B]
+
+        # 1. derivations
+        from symbnmf.cli.scripts import write_derivation
+
+        t0 = time.perf_counter()
+        derived = {}
+        (out / "derivations").mkdir(exist_ok=True)
+        for act in DERIVE:
+            bar.set_postfix_str(f"derive {act}")
+            derived[act] = write_derivation(act, out / "derivations", act, force=True)
+            bar.update()
+        summary["steps"]["derive"] = {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "files": [derived[a][k] for a in DERIVE for k in ("tex", "json")],
+        }
+        return _run_rest(args, out, final, summary, bar, t_all, pending, mc)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        mc.shutdown()
 
 
-def _certify_timed(act: str, B: int, dps: int) -> tuple[Any, float]:
-    """One certification and its wall-clock seconds (runs in the worker process)."""
-    from symbnmf.numeric._certify import certify
+class _MonteCarlo:
+    """The simulations of the validation figure, compiled and run in background threads.
 
-    t0 = time.perf_counter()
-    return certify(act, B, dps), time.perf_counter() - t0
+    One thread compiles the programs in the order they run (:func:`precompile_simulation`; a
+    simulation waits for its program instead of compiling it again), one thread runs them with
+    ``theory=False``; :meth:`result` attaches the theory column (:func:`attach_theory`), which
+    makes it the result ``simulate(..., theory=True)`` returns. One simulation at a time: two
+    XLA:CPU executions started from two threads at once were seen to deadlock on a 2-core
+    machine (both blocked inside XLA, most likely on its thread pool).
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from symbnmf.montecarlo.networks import precompile_simulation, simulate
+
+        self.widths = (args.width, 4 * args.width)
+        order = [(act, B, N) for B in MC_B for N in self.widths for act in ("relu", "identity")]
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="symbnmf-compile")
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="symbnmf-simulate")
+        for act, B, N in order:
+            self._compiler.submit(precompile_simulation, act, B, N, args.depth, args.networks)
+        self._results = {
+            (act, B, N): self._runner.submit(
+                simulate, act, B, N, args.depth, args.networks, seed=args.seed + 1000 * B + N, theory=False
+            )
+            for act, B, N in order
+        }
+
+    def result(self, act: str, B: int, N: int) -> Any:
+        from symbnmf.montecarlo.networks import attach_theory
+
+        return attach_theory(self._results[act, B, N].result(), act)
+
+    def shutdown(self) -> None:
+        self._runner.shutdown(wait=False, cancel_futures=True)
+        self._compiler.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_rest(
-    args: argparse.Namespace, out: Path, final: Path, summary: dict[str, Any], bar, t_all: float, pending: list
+    args: argparse.Namespace,
+    out: Path,
+    final: Path,
+    summary: dict[str, Any],
+    bar,
+    t_all: float,
+    pending: list,
+    mc: _MonteCarlo,
 ) -> int:
     # 3. generated evaluator
     bar.set_postfix_str("codegen relu")
@@ -167,23 +212,25 @@ def _run_rest(
 
     # 4. Monte Carlo validation figure
     t0 = time.perf_counter()
-    summary["steps"]["validation"] = _validation(out, args, bar)
+    summary["steps"]["validation"] = _validation(out, args, bar, mc)
     summary["steps"]["validation"]["seconds"] = round(time.perf_counter() - t0, 2)
 
-    # 2. (collected) certification
+    # 2. (collected) certification: the worker's quadratures against the closed forms derived above
+    from symbnmf.numeric._certify import certificate, closed_forms
+
     certs, seconds = [], 0.0
     for (act, B), fut in zip([(a, b) for a in CERTIFY for b in CERT_B], pending):
         bar.set_postfix_str(f"certify {act} B={B}")
-        cert, sec = fut.result()
+        cert = certificate(act, B, args.dps, closed_forms(act), fut.result())
         certs.append(cert)
-        seconds += sec
+        seconds += cert.quadrature_seconds + cert.closed_form_seconds
         bar.update()
     cert_doc = [c.as_json() for c in certs]
     (out / "certificate.json").write_text(json.dumps(cert_doc, indent=1) + "\n")
     ok = all(c.ok for c in certs)
     summary["steps"]["certify"] = {
         "seconds": round(seconds, 2),
-        "note": "run in a worker process, concurrently with codegen and validation",
+        "note": "quadratures run in a worker process, concurrently with the derivations, codegen and validation",
         "ok": ok,
         "dps": args.dps,
         "min_digits": round(min(c.min_digits for c in certs), 2),
@@ -223,12 +270,13 @@ def _codegen(out: Path) -> dict[str, Any]:
     return {"file": str(path), "max_rel_err_backward_G_float64": err, "ok": err < 1e-13}
 
 
-def _validation(out: Path, args: argparse.Namespace, bar) -> dict[str, Any]:
+def _validation(out: Path, args: argparse.Namespace, bar, mc: _MonteCarlo) -> dict[str, Any]:
     """Fig. 1a: per-layer growth of the squared gradient norm vs lambda_G(B).
 
     Finite width biases the measured rate by O(1/N) (docs/theory.md), so each point is simulated at
     widths N and 4N and extrapolated linearly in 1/N; the z-score of the extrapolation against
-    the closed form is the test of the theory (|z| < 4 passes).
+    the closed form is the test of the theory (|z| < 4 passes). The simulations were started by
+    ``mc`` (:class:`_MonteCarlo`) at the beginning of the job.
     """
     import matplotlib
 
@@ -237,27 +285,12 @@ def _validation(out: Path, args: argparse.Namespace, bar) -> dict[str, Any]:
     import numpy as np
 
     from symbnmf._evaluate import evaluate
-    from symbnmf.montecarlo.networks import simulate
     from symbnmf.montecarlo.stats import extrapolate_width
 
-    widths = (args.width, 4 * args.width)
-    # compile the next simulations in a background thread while the current one runs (issue 14)
-    from concurrent.futures import ThreadPoolExecutor
-
-    from symbnmf.montecarlo.networks import precompile_simulation
-
-    compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="symbnmf-compile")
-    for act in ("relu", "identity"):
-        for B in MC_B:
-            for N in widths:
-                compiler.submit(precompile_simulation, act, B, N, args.depth, args.networks)
-    try:
-        return _validation_loop(out, args, bar, widths, plt, np, evaluate, simulate, extrapolate_width)
-    finally:
-        compiler.shutdown(wait=False, cancel_futures=True)
+    return _validation_loop(out, args, bar, mc.widths, plt, np, evaluate, mc.result, extrapolate_width)
 
 
-def _validation_loop(out, args, bar, widths, plt, np, evaluate, simulate, extrapolate_width) -> dict[str, Any]:
+def _validation_loop(out, args, bar, widths, plt, np, evaluate, simulated, extrapolate_width) -> dict[str, Any]:
     rows = []
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     Bgrid = np.arange(4, 65)
@@ -270,9 +303,7 @@ def _validation_loop(out, args, bar, widths, plt, np, evaluate, simulate, extrap
             runs = []
             for N in widths:
                 bar.set_postfix_str(f"simulate {act} B={B} N={N}")
-                g = simulate(act, B, N, args.depth, args.networks, seed=args.seed + 1000 * B + N).summary[
-                    "gradient_rate"
-                ]
+                g = simulated(act, B, N).summary["gradient_rate"]
                 runs.append(g)
                 pts[N].append((g["measured"], g["stderr"]))
                 bar.update()

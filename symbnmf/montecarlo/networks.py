@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -398,6 +398,22 @@ def simulate(
     }
     res.summary["time_s"] = time.perf_counter() - t0
     return res
+
+
+def attach_theory(res: SimulationResult, activation: str | Activation) -> SimulationResult:
+    """``res`` of ``simulate(activation, ..., theory=False)`` with the theory column filled in:
+    the same result, summary included, as ``simulate(..., theory=True)`` returns (its ``time_s``
+    stays the simulation's). Lets ``symbnmf run`` simulate in background threads while the main
+    thread derives the closed forms the theory values come from."""
+    act = get_activation(activation)
+    s = res.settings
+    rec, reason = theory_values(act, s["batch_size"], gamma=s["gamma"], beta=s["beta"], eps=s["eps"])
+    out = replace(res, theory=rec, theory_reason=reason)
+    lo, hi = s["fit_window"]
+    out.summary = _summarize(out, lo, hi)
+    for k in ("memory", "time_s"):
+        out.summary[k] = res.summary[k]
+    return out
 
 
 def precompile_simulation(

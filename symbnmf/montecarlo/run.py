@@ -59,9 +59,24 @@ CHUNK_BUCKETS: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
 
 
 #: XLA options for the Monte Carlo programs: LLVM optimisation level 1 instead of the default 2
-#: compiles ~27% faster (CPU time) with the same run time (measured at N=512, B=8 and N=2048, B=32;
-#: ``benchmarks/README.md``).
-COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 1}
+#: compiles ~27% faster (CPU time) with the same run time (measured at N=512, B=8 and N=2048, B=32),
+#: and XLA:CPU's classic loop emitters instead of the MLIR fusion emitters another ~40% faster again
+#: with the same run time (measured on the 16 programs of ``symbnmf run``; ``benchmarks/README.md``).
+#: Options this XLA does not know are dropped (:func:`_compile`).
+COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
+
+
+def _compile(lowered: Any) -> Any:
+    """``lowered.compile`` with :data:`COMPILER_OPTIONS`, less any option this XLA lacks."""
+    opts = dict(COMPILER_OPTIONS)
+    while True:
+        try:
+            return lowered.compile(compiler_options=opts)
+        except Exception as exc:  # jax.errors.JaxRuntimeError: INVALID_ARGUMENT: No such compile option: 'x'
+            unknown = [k for k in opts if f"No such compile option: '{k}'" in str(exc)]
+            if not unknown:
+                raise
+            opts.pop(unknown[0])
 
 
 @dataclass(frozen=True)
@@ -221,7 +236,7 @@ def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Cal
             sharding = NamedSharding(Mesh(np.array(devices), ("nets",)), PartitionSpec("nets"))
             spec = jax.ShapeDtypeStruct((size,), np.int32, sharding=sharding)
             lowered = _compiled(cfg, phi).lower(spec, np.uint32(0))
-            fut.set_result(lowered.compile(compiler_options=COMPILER_OPTIONS))
+            fut.set_result(_compile(lowered))
         except BaseException as exc:
             fut.set_exception(exc)
             with _EXECUTABLES_LOCK:

@@ -87,8 +87,8 @@ class Certificate:
         }
 
 
-def closed_forms(activation: Any) -> dict[str, sp.Expr]:
-    """The closed forms of ``symbnmf.derive(activation)`` (SymPy expressions in B)."""
+def require_closed_form(activation: Any) -> Any:
+    """The bound :class:`~symbnmf.Activation`, or :class:`NoClosedFormError` if it has no closed form."""
     from symbnmf._activations import get_activation
 
     act = get_activation(activation)
@@ -98,6 +98,12 @@ def closed_forms(activation: Any) -> dict[str, sp.Expr]:
             f"{act.label} has no closed form in symbnmf (only piecewise-polynomial activations with "
             "their kink at 0 do); use `symbnmf eval` with the quadrature method instead"
         )
+    return act
+
+
+def closed_forms(activation: Any) -> dict[str, sp.Expr]:
+    """The closed forms of ``symbnmf.derive(activation)`` (SymPy expressions in B)."""
+    act = require_closed_form(activation)
     from symbnmf.symbolic._derive import derive
 
     return dict(derive(act).quantities)
@@ -138,12 +144,43 @@ def certify(activation: Any, B: int, dps: int = 50, *, forms: dict[str, sp.Expr]
 
     act = get_activation(activation)
     Bv = check_quadrature_batch(B)
+    _check_dps(dps)
+    forms = closed_forms(act) if forms is None else forms
+    return certificate(act, Bv, dps, forms, certificate_quadrature(act, Bv, dps))
+
+
+def _check_dps(dps: Any) -> None:
     if not isinstance(dps, int) or dps < 10:
         raise SymbnmfError(f"--dps must be an integer >= 10 to certify, got {dps!r}")
-    forms = closed_forms(act) if forms is None else forms
+
+
+def certificate_quadrature(activation: Any, B: int, dps: int) -> tuple[dict[str, Any], float]:
+    """The independent half of :func:`certify`: (quadrature values at ``dps`` digits, wall seconds).
+
+    Needs no closed form, so ``symbnmf check`` runs it in worker processes while the closed
+    forms are derived; :func:`certificate` then compares.
+    """
+    from symbnmf._activations import get_activation
+
+    act = get_activation(activation)
+    Bv = check_quadrature_batch(B)
+    _check_dps(dps)
     t0 = time.perf_counter()
     quad = evaluate_quadrature(act, Bv, dps)
-    tq = time.perf_counter() - t0
+    return quad, time.perf_counter() - t0
+
+
+def certificate(
+    activation: Any, B: int, dps: int, forms: dict[str, sp.Expr], quadrature: tuple[dict[str, Any], float]
+) -> Certificate:
+    """The comparison half of :func:`certify`: the closed ``forms`` at ``B`` against
+    ``quadrature`` = :func:`certificate_quadrature` ``(activation, B, dps)``."""
+    from symbnmf._activations import get_activation
+
+    act = get_activation(activation)
+    Bv = check_quadrature_batch(B)
+    _check_dps(dps)
+    quad, tq = quadrature
     tol = mpmath.mpf(10) ** (-dps + 5)
     rows = []
     tcf_total = 0.0

@@ -11,19 +11,15 @@ Results are cached on disk (``SYMBNMF_CACHE_DIR``, default ``~/.cache/symbnmf``;
 every source file that can reach the output (:func:`fingerprint_sources`) and SymPy's version.
 An entry is trusted only if its HMAC (per-user key, mode 0600) matches its content, key and
 fingerprint, and its expressions are read back without evaluating any text
-(:mod:`symbnmf.symbolic._serialize`); any other entry is derived again.
+(:mod:`symbnmf.symbolic._serialize`); any other entry is derived again
+(:mod:`symbnmf.symbolic._diskcache`, shared with the cached quantity definitions).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import hmac
 import json
-import os
-import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +39,11 @@ from symbnmf.symbolic._derivation import (
     monomial_sum_latex,
     sphere_sum_latex,
 )
+from symbnmf.symbolic._diskcache import cache_dir as _cache_dir
+from symbnmf.symbolic._diskcache import cache_secret as _cache_secret  # noqa: F401 - used by the tests
+from symbnmf.symbolic._diskcache import code_fingerprint as _code_fingerprint
+from symbnmf.symbolic._diskcache import fingerprint_sources as fingerprint_sources
+from symbnmf.symbolic._diskcache import read_entry, write_entry
 from symbnmf.symbolic._gaussian import (
     LEMMAS,
     S_sym,
@@ -153,84 +154,12 @@ def _series(num: sp.Expr, den: sp.Expr, order: int = 6) -> tuple[sp.Expr, sp.Exp
     return q0, c1
 
 
-def fingerprint_sources() -> list[Path]:
-    """Every source file whose text can reach a derivation: the base modules and ``symbolic/``.
-
-    The import-direction rule (base -> symbolic -> numeric -> ...; ``tests/test_architecture.py``)
-    guarantees that :func:`derive` imports nothing else from symbnmf, so these files are all of
-    it (``__init__.py`` carries the version string, ``_conventions.py`` the conventions text).
-    """
-    here = Path(__file__).resolve().parent
-    top = here.parent
-    return sorted(top.glob("*.py")) + sorted(here.glob("*.py"))
-
-
-@functools.lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
-    """Hash of :func:`fingerprint_sources` and SymPy's version: editing either invalidates the cache."""
-    h = hashlib.sha256()
-    h.update(sp.__version__.encode())
-    for path in fingerprint_sources():
-        h.update(b"\0" + path.parent.name.encode() + b"/" + path.name.encode() + b"\0")
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def _activation_key(act: Activation) -> str:
     """Cache key: package version, source fingerprint, activation expression and label."""
     from symbnmf import __version__
 
     text = f"{__version__}|{_code_fingerprint()}|{sp.__version__}|{sp.srepr(act.bound_expr)}|{act.label}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _cache_dir() -> Path | None:
-    """``SYMBNMF_CACHE_DIR`` (unset or empty: ``~/.cache/symbnmf``), or None with ``SYMBNMF_NO_CACHE``."""
-    if os.environ.get("SYMBNMF_NO_CACHE"):
-        return None
-    env = os.environ.get("SYMBNMF_CACHE_DIR", "").strip()
-    if env:
-        return Path(env).expanduser().absolute()
-    return Path.home() / ".cache" / "symbnmf"
-
-
-_SECRET_NAME = "secret.key"
-_ENTRY_FORMAT = 2
-
-
-def _cache_secret(cdir: Path, create: bool) -> bytes | None:
-    """The per-user key that authenticates cache entries (HMAC-SHA256), or None if unusable.
-
-    Created once with mode 0600 in the cache directory; a key file that is not a regular file
-    owned by this user and unreadable by others is never trusted (then the cache is not used).
-    """
-    path = cdir / _SECRET_NAME
-    if create and not path.exists():
-        try:
-            cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(os.urandom(32).hex())
-        except FileExistsError:
-            pass
-        except OSError:
-            return None
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd) as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
-            return None
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            return None
-        text = fh.read(200).strip()
-    return bytes.fromhex(text) if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
-
-
-def _entry_mac(secret: bytes, key: str, body: str) -> str:
-    return hmac.new(secret, f"{_ENTRY_FORMAT}|{key}|{_code_fingerprint()}\n{body}".encode(), "sha256").hexdigest()
 
 
 def _read_cache(cfile: Path, key: str) -> Derivation | None:
@@ -240,43 +169,17 @@ def _read_cache(cfile: Path, key: str) -> Derivation | None:
     derives again and replaces the entry. Stored expressions are read without evaluation
     (:func:`~symbnmf.symbolic._serialize.read_srepr`), so even a forged entry cannot run code.
     """
-    secret = _cache_secret(cfile.parent, create=False)
-    if secret is None:
+    body = read_entry(cfile, key, "derivation")
+    if body is None:
         return None
     try:
-        if not cfile.is_file() or cfile.stat().st_size > 20_000_000:
-            return None
-        entry = json.loads(cfile.read_text())
-        if not isinstance(entry, dict) or entry.get("format") != _ENTRY_FORMAT or entry.get("key") != key:
-            return None
-        body, mac = entry.get("derivation"), entry.get("mac")
-        if not isinstance(body, str) or not isinstance(mac, str):
-            return None
-        if not hmac.compare_digest(mac, _entry_mac(secret, key, body)):
-            return None
         return Derivation.from_json(json.loads(body))
     except Exception:  # a bad entry is never trusted, only re-derived
         return None
 
 
 def _write_cache(cfile: Path, key: str, d: Derivation) -> None:
-    secret = _cache_secret(cfile.parent, create=True)
-    if secret is None:
-        return
-    body = json.dumps(d.to_json())
-    entry = {"format": _ENTRY_FORMAT, "key": key, "mac": _entry_mac(secret, key, body), "derivation": body}
-    try:
-        fd, tmp = tempfile.mkstemp(dir=cfile.parent, prefix=".derive-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(entry, fh)
-            os.replace(tmp, cfile)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError:
-        pass
+    write_entry(cfile, key, "derivation", json.dumps(d.to_json()))
 
 
 def _canonical(expr: sp.Expr) -> sp.Expr:

@@ -20,7 +20,11 @@ phi' are placeholders); :func:`definitions` substitutes an activation.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import sympy as sp
 
@@ -92,9 +96,37 @@ def _backward_integral(piece: str) -> tuple[SphereIntegral, sp.Expr]:
     return sphere_integral(terms, n), D.inner(D)
 
 
+#: Where the last :func:`abstract_definitions` of this process came from: "cache" (the
+#: authenticated on-disk entry) or "built" (SymPy); None before the first call.
+DEFINITIONS_SOURCE: dict[str, str | None] = {"source": None}
+
+
 @functools.cache
 def abstract_definitions() -> dict[str, QuantityDefinition]:
-    """The activation-independent definitions (phi, phi' as placeholders PHI, DPHI)."""
+    """The activation-independent definitions (phi, phi' as placeholders PHI, DPHI).
+
+    Built once per process; across processes they are kept in the authenticated on-disk cache
+    of the symbolic stage (:mod:`symbnmf.symbolic._diskcache`, keyed by the package version and
+    the fingerprint of every symbolic source), read back structurally equal to what
+    :func:`build_abstract_definitions` returns (``tests/symbolic/test_definitions_cache.py``).
+    """
+    cfile, key = _definitions_entry()
+    if cfile is not None:
+        cached = _read_definitions(cfile, key)
+        if cached is not None:
+            DEFINITIONS_SOURCE["source"] = "cache"
+            return cached
+    out = build_abstract_definitions()
+    DEFINITIONS_SOURCE["source"] = "built"
+    if cfile is not None:
+        from symbnmf.symbolic._diskcache import write_entry
+
+        write_entry(cfile, key, _KIND, json.dumps(_definitions_to_json(out)))
+    return out
+
+
+def build_abstract_definitions() -> dict[str, QuantityDefinition]:
+    """:func:`abstract_definitions` computed in SymPy (orbit counting and conditioning, ~0.4 s)."""
     diag = _diag()
     off = _offdiag()
     mu = I_d - I_o
@@ -157,3 +189,121 @@ class ConcreteSphereIntegral:
 
     terms: tuple
     abstract: SphereIntegral
+
+
+# ---------------------------------------------------------------------------------------------
+# On-disk cache of the abstract definitions
+# ---------------------------------------------------------------------------------------------
+_KIND = "definitions"
+#: Placeholder names that are not identifiers (phi' is ``Phi'``).
+_SYMBOL_NAMES = frozenset({DPHI.name})
+
+
+def _definitions_entry() -> tuple[Path | None, str]:
+    """(cache file, key) of the abstract definitions, or (None, key) with the cache off."""
+    from symbnmf import __version__
+    from symbnmf.symbolic._diskcache import cache_dir, code_fingerprint
+
+    text = f"{_KIND}|{__version__}|{code_fingerprint()}|{sp.__version__}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:24]
+    cdir = cache_dir()
+    return (cdir / f"definitions-{key}.json" if cdir is not None else None), key
+
+
+def _definitions_to_json(defs: dict[str, QuantityDefinition]) -> dict[str, Any]:
+    from symbnmf.symbolic._serialize import write_exact
+
+    def matrix(D: SMatrix | None) -> dict[str, Any] | None:
+        if D is None:
+            return None
+        return {
+            "n": D.n,
+            "N": [[write_exact(D.N[i, j]) for j in range(D.n)] for i in range(D.n)],
+            "NR": [write_exact(v) for v in D.NR],
+            "RN": [write_exact(v) for v in D.RN],
+            "RRd": write_exact(D.RRd),
+            "RRo": write_exact(D.RRo),
+        }
+
+    return {
+        "quantities": [
+            {
+                "name": qd.name,
+                "formula": write_exact(qd.formula),
+                "integrals": [
+                    [write_exact(ph), [[write_exact(t) for t in term] for term in si.terms]]
+                    for ph, si in qd.integrals.items()
+                ],
+                "definition_latex": qd.definition_latex,
+                "theorem": qd.theorem,
+                "test_direction": matrix(qd.test_direction),
+            }
+            for qd in defs.values()
+        ]
+    }
+
+
+def _definitions_from_json(doc: Any) -> dict[str, QuantityDefinition]:
+    """Rebuild the definitions from :func:`_definitions_to_json`; nothing in ``doc`` is evaluated
+    (:func:`~symbnmf.symbolic._serialize.read_srepr`); anything unexpected raises."""
+    from symbnmf.symbolic._serialize import read_srepr
+
+    memo: dict[str, Any] = {}
+
+    def expr(text: Any) -> sp.Expr:
+        if not isinstance(text, str):
+            raise ValueError("expected srepr text")
+        if text not in memo:
+            e = read_srepr(text, exact=True, symbol_names=_SYMBOL_NAMES)
+            if not isinstance(e, sp.Expr):
+                raise ValueError("not an expression")
+            memo[text] = e
+        return memo[text]
+
+    def matrix(m: Any) -> SMatrix | None:
+        if m is None:
+            return None
+        n = m["n"]
+        if not isinstance(n, int) or not 0 <= n <= 8 or len(m["N"]) != n or any(len(r) != n for r in m["N"]):
+            raise ValueError("bad test direction")
+        if len(m["NR"]) != n or len(m["RN"]) != n:
+            raise ValueError("bad test direction")
+        N = sp.ImmutableMatrix(n, n, [expr(v) for row in m["N"] for v in row])
+        return SMatrix(
+            n, N, tuple(expr(v) for v in m["NR"]), tuple(expr(v) for v in m["RN"]), expr(m["RRd"]), expr(m["RRo"])
+        )
+
+    integrals: dict[str, SphereIntegral] = {}  # equal integrals are one object, as when built
+    out: dict[str, QuantityDefinition] = {}
+    for q in doc["quantities"]:
+        ints: dict[sp.Symbol, SphereIntegral] = {}
+        for ph, terms in q["integrals"]:
+            sym = expr(ph)
+            if not isinstance(sym, sp.Symbol) or any(len(t) != 3 for t in terms):
+                raise ValueError("bad sphere integral")
+            tkey = json.dumps(terms)
+            if tkey not in integrals:
+                integrals[tkey] = SphereIntegral(tuple(tuple(expr(v) for v in t) for t in terms))
+            ints[sym] = integrals[tkey]
+        name, latex, theorem = q["name"], q["definition_latex"], q["theorem"]
+        if not all(isinstance(v, str) for v in (name, latex, theorem)):
+            raise ValueError("bad quantity text")
+        out[name] = QuantityDefinition(name, expr(q["formula"]), ints, latex, theorem, matrix(q["test_direction"]))
+    return out
+
+
+def _read_definitions(cfile: Path, key: str) -> dict[str, QuantityDefinition] | None:
+    """The cached definitions if the entry is authentic and well formed, else None."""
+    from symbnmf._conventions import QUANTITIES
+    from symbnmf.symbolic._diskcache import read_entry
+
+    body = read_entry(cfile, key, _KIND)
+    if body is None:
+        return None
+    try:
+        out = _definitions_from_json(json.loads(body))
+    except Exception:  # a malformed entry is never trusted, only rebuilt
+        return None
+    if list(out) != [q for q in QUANTITIES if q != "depth_scale"]:
+        return None
+    return out

@@ -3,10 +3,14 @@
 :func:`read_srepr` is the inverse of :func:`sympy.srepr` for the expressions symbnmf stores
 (closed forms, limits, activations). The text is parsed by Python's :mod:`ast` and walked; only
 calls of whitelisted SymPy constructors (:data:`_CONSTRUCTORS`) with literal, bounded arguments
-are built, every ``Add``/``Mul``/``Pow``/function with ``evaluate=False`` so that the expression
-comes back with exactly the structure it was written with (a warm cache prints what a cold
-derivation printed). Anything else, a name, an attribute, a subscript, a lambda, a too long or too
-deep text, raises :class:`UnsafeExpressionError`: nothing in the text is ever executed.
+are built (functions and relations with ``evaluate=False``; ``Add``/``Mul``/``Pow`` are
+re-evaluated, so that a closed form comes back in one canonical form whether it was derived or
+read: a warm cache prints what a cold derivation printed). With ``exact=True``, ``Add``/``Mul``/
+``Pow`` too are built unevaluated with their arguments in the order written, the inverse of
+:func:`write_exact` (``srepr`` in argument order): the expression comes back structurally equal
+to the one written (``==``, same hash), as the cached quantity definitions need. Anything else,
+a name, an attribute, a subscript, a lambda, a too long or too deep text, raises
+:class:`UnsafeExpressionError`: nothing in the text is ever executed.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ def _evaluated_false(cls: Any) -> Callable[..., sp.Basic]:
 
 
 def _symbol(name: Any, **assumptions: Any) -> sp.Symbol:
-    if not isinstance(name, str) or not name.isidentifier() or len(name) > 100:
+    return _named_symbol(name, frozenset(), assumptions)
+
+
+def _named_symbol(name: Any, allowed: frozenset[str], assumptions: dict[str, Any]) -> sp.Symbol:
+    """A Symbol named by an identifier (or a name in ``allowed``) with True/False assumptions."""
+    if not isinstance(name, str) or len(name) > 100 or not (name.isidentifier() or name in allowed):
         raise UnsafeExpressionError(f"bad symbol name {name!r}")
     if not all(isinstance(v, bool) for v in assumptions.values()):
         raise UnsafeExpressionError("symbol assumptions must be True/False")
@@ -135,11 +144,26 @@ _NAMES: dict[str, Any] = {
 }
 
 
-def read_srepr(text: str) -> sp.Basic:
+_EXACT: dict[str, Callable[..., Any]] = {
+    "Add": _evaluated_false(sp.Add),
+    "Mul": _evaluated_false(sp.Mul),
+    "Pow": _evaluated_false(sp.Pow),
+}
+
+
+def write_exact(expr: sp.Basic) -> str:
+    """``srepr`` of ``expr`` with every argument list in its stored order (``order="none"``):
+    :func:`read_srepr` with ``exact=True`` rebuilds an expression structurally equal to ``expr``."""
+    return sp.srepr(expr, order="none")
+
+
+def read_srepr(text: str, *, exact: bool = False, symbol_names: frozenset[str] = frozenset()) -> sp.Basic:
     """Rebuild the SymPy expression whose ``sympy.srepr`` is ``text``, without evaluating the text.
 
-    Raises :class:`UnsafeExpressionError` for anything that is not a whitelisted constructor
-    applied to literals (see the module docstring).
+    ``exact``: build ``Add``/``Mul``/``Pow`` unevaluated, in the order written (the inverse of
+    :func:`write_exact`). ``symbol_names``: symbol names accepted besides identifiers (e.g.
+    ``"Phi'"``). Raises :class:`UnsafeExpressionError` for anything that is not a whitelisted
+    constructor applied to literals (see the module docstring).
     """
     if not isinstance(text, str):
         raise UnsafeExpressionError(f"expected a string, got {type(text).__name__}")
@@ -177,8 +201,13 @@ def read_srepr(text: str) -> sp.Basic:
                 kwargs[k.arg] = literal(k.value, depth + 1)
             if kwargs and node.func.id not in ("Symbol", "Float"):
                 raise UnsafeExpressionError(f"{node.func.id} takes no keyword arguments")
+            name = node.func.id
             try:
-                return _CONSTRUCTORS[node.func.id](*args, **kwargs)
+                if name == "Symbol" and symbol_names:
+                    if len(args) != 1:
+                        raise UnsafeExpressionError("Symbol takes one name")
+                    return _named_symbol(args[0], symbol_names, kwargs)
+                return (_EXACT[name] if exact and name in _EXACT else _CONSTRUCTORS[name])(*args, **kwargs)
             except UnsafeExpressionError:
                 raise
             except Exception as exc:  # a constructor refused its arguments: not our srepr
@@ -194,4 +223,4 @@ def read_srepr(text: str) -> sp.Basic:
     return out
 
 
-__all__ = ["UnsafeExpressionError", "read_srepr"]
+__all__ = ["UnsafeExpressionError", "read_srepr", "write_exact"]
