@@ -473,10 +473,10 @@ def _bernstein(x: np.ndarray) -> np.ndarray:
     return np.maximum(z, 1.0 / z)
 
 
-def _gauss_size(lam: np.ndarray, power: float) -> int | None:
-    """Smallest size in :data:`GAUSS_SIZES` whose predicted error ρ^{−2n} is at most :data:`_GAUSS_TARGET`
-    for every row of the spectra ``lam`` (k, B) (zeros: off the range), or None. ρ: the Bernstein parameter
-    of the nearest branch point of det(I + 2sΣ_G)^{−1/2}, s = −1/(2λ_k), in the x of the map."""
+def _gauss_sizes(lam: np.ndarray, power: float) -> np.ndarray:
+    """Per row of the spectra ``lam`` (k, B) (zeros: off the range): the smallest size in :data:`GAUSS_SIZES`
+    whose predicted error ρ^{−2n} is at most :data:`_GAUSS_TARGET`, or 0 when none is. ρ: the Bernstein
+    parameter of the nearest branch point of det(I + 2sΣ_G)^{−1/2}, s = −1/(2λ_k), in the x of the map."""
     pos = lam > 0
     lmax = np.max(lam, axis=-1, keepdims=True)
     lmin = np.min(np.where(pos, lam, np.inf), axis=-1, keepdims=True)
@@ -484,17 +484,11 @@ def _gauss_size(lam: np.ndarray, power: float) -> int | None:
     with np.errstate(divide="ignore", invalid="ignore"):
         u = (-1.0 / (2.0 * c * np.where(pos, lam, 1.0))).astype(complex) ** power  # x/(1 − x) there
         far = ~pos | (np.abs(1.0 + u) < 1e-12)  # off the range, or the branch point at x = ∞
-        rho = np.where(far, np.inf, _bernstein(np.where(far, 0.5, u / (1.0 + u))))
-    rho_min = float(np.min(rho))
-    if rho_min == np.inf:
-        return GAUSS_SIZES[0]
-    if not rho_min > 1.0:
-        return None
-    need = math.log(1.0 / _GAUSS_TARGET) / (2.0 * math.log(rho_min))
-    for n in GAUSS_SIZES:
-        if n >= need:
-            return n
-    return None
+        rho = np.min(np.where(far, np.inf, _bernstein(np.where(far, 0.5, u / (1.0 + u)))), axis=-1)
+        need = np.where(rho > 1.0, math.log(1.0 / _GAUSS_TARGET) / (2.0 * np.log(rho)), np.inf)
+    sizes = np.asarray(GAUSS_SIZES)
+    idx = np.searchsorted(sizes, need)  # first size >= need
+    return np.where(idx < len(sizes), sizes[np.minimum(idx, len(sizes) - 1)], 0)
 
 
 def _range_spectra(cov: Any) -> np.ndarray:
@@ -506,24 +500,54 @@ def _range_spectra(cov: Any) -> np.ndarray:
     return np.where(lam > _ZERO_EIG * np.max(np.abs(lam), axis=-1, keepdims=True), lam, 0.0)
 
 
+def _row_rules(lam: np.ndarray, eps: Any, tail: float) -> list[SRule | None]:
+    """The Gauss rule of each row of the spectra ``lam`` (k, B), or None where the DE rule is needed."""
+    if float(np.max(np.asarray(eps))) != 0.0:
+        return [None] * lam.shape[0]
+    ok = 0.5 * np.sum(lam > 0, axis=-1) - 1.0 - tail > -1.0
+    n1, n2 = _gauss_sizes(lam, 1.0), _gauss_sizes(lam, 0.5)
+    out: list[SRule | None] = []
+    for good, a, b in zip(ok, n1, n2):
+        cands = [SRule("gauss", int(n), p) for n, p in ((a, 1.0), (b, 0.5)) if n > 0]
+        out.append(min(cands, key=lambda r: r.nodes) if good and cands else None)
+    return out
+
+
 def choose_rule(cov: Any, eps: Any = 0.0, beta: float = 1.0, tail: float = 0.0) -> SRule:
-    """The s-rule for every matrix of a concrete ``cov`` (..., B, B): Gauss–Jacobi at ε = 0 when the
-    predicted size is in :data:`GAUSS_SIZES` for all of them, otherwise the double-exponential rule
-    with :func:`nodes_needed` nodes. ``beta``: exponent of the Laplace integral (α for the NNGP of a
-    degree-α φ, 1 for the NTK); ``tail``: 1 for the NTK transport. Pass the result as ``rule=`` to
-    jit a pipeline on inputs like ``cov``."""
+    """The s-rule for every matrix of a concrete ``cov`` (..., B, B): Gauss–Jacobi at ε = 0 when a size in
+    :data:`GAUSS_SIZES` is predicted to reach the target for all of them (the larger of the per-matrix
+    sizes; the map p = 1 or ½ that needs fewer nodes), otherwise the double-exponential rule with
+    :func:`nodes_needed` nodes. ``beta``: exponent of the Laplace integral (α for the NNGP of a degree-α φ,
+    1 for the NTK); ``tail``: 1 for the NTK transport. Pass the result as ``rule=`` to jit a pipeline on
+    inputs like ``cov``."""
     lam = _range_spectra(cov)
-    if float(np.max(np.asarray(eps))) == 0.0:
-        rank = np.sum(lam > 0, axis=-1)
-        if np.all(0.5 * rank - 1.0 - tail > -1.0):
-            best: SRule | None = None
-            for power in (1.0, 0.5):
-                n = _gauss_size(lam, power)
-                if n is not None and (best is None or n < best.nodes):
-                    best = SRule("gauss", n, power)
-            if best is not None:
-                return best
+    rows = _row_rules(lam, eps, tail)
+    if all(r is not None for r in rows):
+        best: SRule | None = None
+        for power in (1.0, 0.5):
+            sizes = _gauss_sizes(lam, power)
+            if np.all(sizes > 0):
+                cand = SRule("gauss", int(np.max(sizes)), power)
+                if best is None or cand.nodes < best.nodes:
+                    best = cand
+        if best is not None:
+            return best
     return SRule("de", _nodes_from_spectra(lam, eps, beta, tail))
+
+
+def _rule_groups(cov: Any, eps: Any, beta: float, tail: float) -> dict[SRule, np.ndarray]:
+    """Matrices of a concrete batch ``cov`` (..., B, B) grouped by their own s-rule (flat indices): each
+    group is evaluated with the rule it needs instead of the batch's worst (fewer nodes for most)."""
+    lam = _range_spectra(cov)
+    rows = _row_rules(lam, eps, tail)
+    groups: dict[SRule, list[int]] = {}
+    de = [i for i, r in enumerate(rows) if r is None]
+    for i, r in enumerate(rows):
+        if r is not None:
+            groups.setdefault(r, []).append(i)
+    if de:
+        groups[SRule("de", _nodes_from_spectra(lam[de], eps, beta, tail))] = de
+    return {r: np.asarray(ix) for r, ix in groups.items()}
 
 
 def _spectrum(cov: Any) -> tuple[Any, Any, Any]:
@@ -819,6 +843,41 @@ def _resolve_nodes(
     return SRule("de", nodes)
 
 
+def _grouped(fn: Callable[..., Any], arrays: tuple[Any, ...], groups: dict[SRule, np.ndarray]) -> Any:
+    """``fn(*arrays[idx], rule)`` per group of flat matrix indices, scattered back into the batch order
+    (in numpy: the inputs are concrete, and op-by-op JAX indexing cost more than the kernels).
+
+    Each group is padded (with copies of its first matrix) to the next power of two so that jit compiles
+    one program per (rule, padded size), not one per group size."""
+    shape = arrays[0].shape
+    flats = [np.asarray(a).reshape((-1, *a.shape[-2:])) for a in arrays]
+    parts = []
+    for rule, idx in groups.items():
+        size = 1 << math.ceil(math.log2(len(idx)))
+        padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+        parts.append((idx, fn(*[f[padded] for f in flats], rule)))
+    outs: list[Any] = []
+    for leaf in range(len(jax.tree_util.tree_leaves(parts[0][1]))):
+        first = np.asarray(jax.tree_util.tree_leaves(parts[0][1])[leaf])
+        o = np.zeros((flats[0].shape[0], *first.shape[1:]), first.dtype)
+        for idx, res in parts:
+            o[idx] = np.asarray(jax.tree_util.tree_leaves(res)[leaf])[: len(idx)]
+        outs.append(jnp.asarray(o.reshape((*shape[:-2], *o.shape[1:]))))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(parts[0][1]), outs)
+
+
+def _many(cov: Any, eps: Any, nodes: int | None, rule: SRule | None) -> bool:
+    """Per-matrix rules apply: a concrete batch of several matrices and no rule or node count given."""
+    return (
+        nodes is None
+        and rule is None
+        and _is_concrete(cov)
+        and _is_concrete(eps)
+        and cov.ndim > 2
+        and math.prod(cov.shape[:-2]) > 1
+    )
+
+
 @in_float64
 def batchnorm_nngp(
     cov: Any,
@@ -860,9 +919,12 @@ def batchnorm_nngp(
     hom = _exact_parts(activation, exact, need_ntk=False)
     if hom is None:
         return _nngp_monte_carlo(cov, activation, eps, key, samples)
+    eps_a = jnp.asarray(eps, dtype=cov.dtype)
+    if _many(cov, eps, nodes, rule):
+        groups = _rule_groups(cov, eps, hom.alpha, 0.0)
+        return _grouped(lambda c, r: _nngp_exact(c, eps_a, hom, r, return_error), (cov,), groups)
     srule = _resolve_nodes(nodes, cov, eps, hom.alpha, rule=rule)
-    eps = jnp.asarray(eps, dtype=cov.dtype)
-    return _nngp_exact(cov, eps, hom, srule, return_error)
+    return _nngp_exact(cov, eps_a, hom, srule, return_error)
 
 
 @partial(jax.jit, static_argnames=("hom", "rule"))
@@ -904,9 +966,13 @@ def batchnorm_ntk(
     hom = _exact_parts(activation, exact, need_ntk=True)
     if hom is None:
         return _ntk_monte_carlo(cov, theta, activation, eps, key, samples)
+    eps_a = jnp.asarray(eps, dtype=cov.dtype)
+    if _many(cov, eps, nodes, rule):
+        groups = _rule_groups(cov, eps, 1.0, 1.0)
+        tb = jnp.broadcast_to(theta, cov.shape)
+        return _grouped(lambda c, t, r: _ntk_exact(c, t, eps_a, hom, r), (cov, tb), groups)
     srule = _resolve_nodes(nodes, cov, eps, 1.0, tail=1.0, rule=rule)
-    eps = jnp.asarray(eps, dtype=cov.dtype)
-    return _ntk_exact(cov, theta, eps, hom, srule)
+    return _ntk_exact(cov, theta, eps_a, hom, srule)
 
 
 # ---------------------------------------------------------------------------------------------
