@@ -85,7 +85,7 @@ def part_a(ds: Any, Bs: list[int], n_batches: int, depth: int, seed: int) -> dic
         idx = np.stack([rng.choice(len(x), B, replace=False) for _ in range(n_batches)])
         X = x[idx]  # (n, B, d)
         cov = X @ np.swapaxes(X, -1, -2) / X.shape[-1]
-        dist: dict[str, list[float]] = {"L": [], "M": []}
+        dist: dict[str, list[np.ndarray]] = {"L": [], "M": []}
         for _ in range(depth):
             cov = np.asarray(batchnorm_nngp(cov, "relu"))
             p = glm_pieces(cov)
