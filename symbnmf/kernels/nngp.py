@@ -46,9 +46,10 @@ is not analytic at x = 1), or when a ≤ −1.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
@@ -89,27 +90,55 @@ class SRule:
     power: float = 1.0
 
 
+_BLAS_CONTROLLER: Any = None
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Limit the BLAS/LAPACK libraries (numpy's and the one XLA's CPU ``eigh`` calls) to one thread.
+
+    The kernels' linear algebra is many small ``eigh``s (B ≤ a few hundred): OpenBLAS's threads
+    synchronise by spinning, and on a 2-core machine with any other load a 128 × 128 ``eigh`` took
+    114 ms of CPU instead of 1.1 ms (measured; ``OPENBLAS_NUM_THREADS=1`` gives the same 1.1 ms). The
+    limit is process-global while it holds (threadpoolctl), so results are awaited inside it.
+    """
+    global _BLAS_CONTROLLER
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS_CONTROLLER is None:
+        jnp.linalg.eigh(jnp.eye(2))  # load XLA's LAPACK so that the controller sees it
+        _BLAS_CONTROLLER = ThreadpoolController()
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+        yield
+
+
 def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a public kernel function in float64 whatever JAX's default precision.
+    """Run a public kernel function in float64 whatever JAX's default precision, with one BLAS thread.
 
     The Laplace integrals span many decades of s and cancel in float32 (NaN or garbage), so the
     exact kernels are float64 computations. With ``jax_enable_x64`` on, ``fn`` runs as it is
     (jit/vmap/grad compose as usual). With it off, concrete inputs are computed inside
     ``jax.enable_x64(True)`` and returned as float64 numpy arrays; traced inputs (the caller's
-    own ``jit`` in float32 mode) get a clear error instead of a silent NaN.
+    own ``jit`` in float32 mode) get a clear error instead of a silent NaN. Concrete calls run under
+    :func:`one_blas_thread` and wait for their result there (under the caller's own ``jit`` the limit
+    cannot apply: wrap the call of the jitted function in ``one_blas_thread()``).
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if jax.config.jax_enable_x64:  # type: ignore[attr-defined]
-            return fn(*args, **kwargs)
         leaves = jax.tree_util.tree_leaves((args, kwargs))
-        if any(isinstance(v, jax.core.Tracer) for v in leaves):
+        traced = any(isinstance(v, jax.core.Tracer) for v in leaves)
+        if jax.config.jax_enable_x64:  # type: ignore[attr-defined]
+            if traced:
+                return fn(*args, **kwargs)
+            with one_blas_thread():
+                return jax.block_until_ready(fn(*args, **kwargs))
+        if traced:
             raise KernelError(
                 f"{fn.__name__} computes in float64: enable it with jax.config.update('jax_enable_x64', True) "
                 "before tracing (jit/grad/vmap) the kernels"
             )
-        with jax.enable_x64(True):
+        with jax.enable_x64(True), one_blas_thread():
             out = fn(*args, **kwargs)
             return jax.tree_util.tree_map(lambda v: np.asarray(v) if isinstance(v, jax.Array) else v, out)
 
