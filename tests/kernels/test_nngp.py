@@ -285,7 +285,7 @@ def test_choose_rule_follows_the_spectrum():
     assert choose_rule(flat, tail=1.0).kind == "de"
 
 
-@pytest.mark.parametrize("B", [4, 16, 64])
+@pytest.mark.parametrize("B", [4, pytest.param(16, marks=pytest.mark.slow), pytest.param(64, marks=pytest.mark.slow)])
 def test_gauss_rule_matches_a_fine_de_rule(B):
     """Every family (BSB1, near-BSB1, well- and ill-conditioned, low rank, near-duplicate inputs): the
     automatic rule agrees with a 1025-node double-exponential rule (itself checked against laplace_V
