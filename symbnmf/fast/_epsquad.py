@@ -7,17 +7,24 @@ reference is :mod:`symbnmf.numeric._epsilon`, which this module mirrors step by 
    depends on the radial factor only through tau = t^2. For each (phi, gamma, beta, B) they are
    evaluated by the fixed 2-D Gauss sphere quadrature of :mod:`symbnmf.fast._fastquad` (t, gamma,
    beta are grid parameters of one jitted kernel; its fine/coarse self-check applies) at the
-   Chebyshev-Lobatto nodes of each tau-piece (pieces split where a kink of phi(beta + gamma t y)
-   leaves the sphere), and represented by Chebyshev interpolants. The interpolation error is
-   estimated from the odd nodes against the half-degree interpolant of the even nodes; the degree
-   is doubled (32, 64, 128) until it is below ``rtol``, else :class:`ConvergenceError`. For
+   Chebyshev-Lobatto nodes of each tau-piece (pieces split where a kink line or a corner of two
+   leaves the sphere, with square-root maps at those cuts, and graded next to them:
+   :func:`symbnmf.numeric._epsilon.graded_pieces`), and represented by Chebyshev interpolants.
+   The interpolation error of each piece is estimated from the odd nodes against the half-degree
+   interpolant of the even nodes, relative to the size of the combo's tables; the degree is
+   doubled (32, 64, 128) until it is below ``rtol``; a piece that still misses is split at its
+   first quarter (up to 3 times: the poles of e.g. tanh(gamma sqrt(tau) y) in complex tau approach
+   tau = 0 as gamma^2 B grows), else :class:`ConvergenceError`. For
    positive-homogeneous phi of integer degree alpha at beta = 0, gamma > 0 the integrals are
    exactly tau^alpha (K: tau^(alpha-1)) times their t = 1 values (a polynomial in tau).
-2. **The chi^2_{B-1} integral** over s = r^2 (tau = mu s/(mu s + B eps)): a fixed composite
+2. **The chi^2_{B-1} integral** over s = r^2 (tau = mu s/(mu s + B eps)): a composite
    Gauss-Legendre rule in s, geometrically graded towards s = 0 (panels [4 2^-(j+1), 4 2^-j],
    j < 44, where the pole of tau at s = -B eps/mu and the s^((B-3)/2) end point live) and uniform
-   (width 6) on [4, s_max], the density folded into the weights. Every number is computed with
-   12 and with 8 points per panel; they must agree to ``rtol``.
+   (width 6) on [4, s_max], the density folded into the weights; for each grid point and mu it is
+   also split at the s of the table pieces, and into D/8 panels inside each (D the tables'
+   Chebyshev degree), with a square-root map next to the s of a cut, where the integrands behave
+   like sqrt|s - s_c| (:func:`_s_rule`). Every number is computed with 12 and with 8 points per
+   panel; they must agree to ``rtol``.
 3. **The fixed point** mu = F(mu) = sigma_w^2 E_s[(a - b)(tau)]: g(l) = F(e^l)/e^l - 1 on the
    same 48-point log grid as the mpmath path ([4 sigma_w^2 sup(a - b) 1e-14, 4 sigma_w^2
    sup(a - b)], with the coarse rule); the largest bracket where g changes sign from + to - (a stable
@@ -56,13 +63,17 @@ from symbnmf.fast._fastquad import (
     plan_from_pairs,
 )
 
-#: Chebyshev degrees tried for the tau tables (each checked against half its degree).
+#: Chebyshev degrees tried for the tau tables (each checked against half its degree), and how
+#: often a piece that misses rtol at the largest degree is split.
 _DEGREES = (32, 64, 128)
+_MAX_SPLITS = 3
 #: s-rule: geometric panels below S_SPLIT, uniform panels of width S_WIDTH above it.
 S_SPLIT = 4.0
 S_GEOMETRIC = 44
 S_WIDTH = 6.0
 S_FINE, S_COARSE = 12, 8
+#: table degree per s-panel (:func:`_s_rule`)
+S_DEGREE_PER_PANEL = 8
 #: log-mu grid of the root search (as numeric._epsilon.solve_fixed_point).
 MU_GRID = 48
 ILLINOIS_STEPS = 60
@@ -203,6 +214,7 @@ def _kink_values(act: Any) -> list[float]:
 def build_tables(act: Any, B: int, combos: Sequence[tuple[float, float]], rtol: float = 1e-11) -> EpsTables:
     """tau tables (module docstring, step 1) of ``act`` at batch size B for each (gamma, beta)."""
     from symbnmf._activations import _homogeneity, x
+    from symbnmf.numeric._epsilon import graded_pieces
     from symbnmf.symbolic._algebra import B as Bsym
     from symbnmf.symbolic._epsilon import eps_integrals
 
@@ -229,15 +241,16 @@ def build_tables(act: Any, B: int, combos: Sequence[tuple[float, float]], rtol: 
             )
         if alpha is not None and not alpha_int and b == 0:
             raise SymbnmfError(f"phi = {phi} is homogeneous of non-integer degree {alpha}: use method='quadrature'")
-        cuts = sorted({c for c in _exit_taus([(k - b) / g for k in kinks], Bv) if 1e-12 < c < 1 - 1e-12})
-        plans.append(("cheb", [0.0, *cuts, 1.0]))
+        exits = _exit_taus([(k - b) / g for k in kinks], Bv)
+        cuts = sorted({c for c in exits if 1e-12 < c < 1 - 1e-12})
+        # an exit at tau = 1 (e.g. the corner at B = 4, beta = gamma = 1): singular end of the last piece
+        cuts += [1.0] if any(abs(c - 1) <= 1e-12 for c in exits) else []
+        plans.append(("cheb", graded_pieces(cuts, 1.0)))
     beta_zero = all(b == 0 for _, b in combos)
     ev = _integrals(phi, beta_zero, 1e-10)
     names = ev.quantities
-    maxp = max([len(p[1]) - 1 for p in plans if p[0] == "cheb"] + [1])
     C = len(combos)
     results: dict[int, Any] = {}
-    degree = {i: _DEGREES[0] for i, p in enumerate(plans) if p[0] == "cheb"}
     used = 0
     worst = 0.0
 
@@ -261,56 +274,73 @@ def build_tables(act: Any, B: int, combos: Sequence[tuple[float, float]], rtol: 
                 mono = np.polynomial.polynomial.polypow([0.5, 0.5], power)
                 cc = np.polynomial.chebyshev.poly2cheb(mono)
                 coeffs[ni, 0, : len(cc)] = cc * float(vals[name][j, 0])
-            results[i] = ([0.0, 1.0], coeffs, [0])
-    pending = sorted(degree)
+            results[i] = ([0.0, 1.0], [coeffs[:, 0]], [0])
+    # Chebyshev pieces: items [combo, lo, hi, map, degree, splits]; each is doubled until its
+    # interpolation error, relative to the scale of its combo's tables (all names, all pieces: a
+    # table that vanishes on a piece, e.g. relu below its first cut, is judged by its size elsewhere),
+    # is below rtol; at the largest degree it is split at its first quarter (as
+    # numeric._epsilon.fit_tables), up to _MAX_SPLITS times, then ConvergenceError
+    pending = [
+        [i, lo, hi, kind, _DEGREES[0], 0]
+        for i, p in enumerate(plans)
+        if p[0] == "cheb"
+        for lo, hi, kind in zip(p[1][0][:-1], p[1][0][1:], p[1][1])
+    ]
+    done: dict[int, list[tuple[float, float, int, np.ndarray]]] = {i: [] for i, p in enumerate(plans) if p[0] == "cheb"}
+    scale = np.full(C, 1e-300)
     while pending:
-        ts, gs, bs, where = [], [], [], []
-        for i in pending:
-            n = degree[i]
-            e = plans[i][1]
-            for lo, hi, kind in zip(e[:-1], e[1:], _kinds(e)):
-                nodes = _lobatto(lo, hi, n, kind)
-                ts += list(nodes)
-                gs += [combos[i][0]] * len(nodes)
-                bs += [combos[i][1]] * len(nodes)
-            where.append(i)
+        ts, gs, bs = [], [], []
+        for i, lo, hi, kind, n, _ in pending:
+            nodes = _lobatto(lo, hi, n, kind)
+            ts += list(nodes)
+            gs += [combos[i][0]] * len(nodes)
+            bs += [combos[i][1]] * len(nodes)
         vals = run(ts, gs, bs)
         used += len(ts)
         V = np.stack([vals[name][:, 0] for name in names])  # [names, nodes]
         off = 0
+        blocks = []
+        for item in pending:
+            n = item[4]
+            blocks.append(V[:, off : off + n + 1])
+            off += n + 1
+            scale[item[0]] = max(scale[item[0]], float(np.max(np.abs(blocks[-1]))))
         nxt = []
-        for i in where:
-            n = degree[i]
-            e = plans[i][1]
-            cs, err_i = [], 0.0
-            for _lo, _hi in zip(e[:-1], e[1:]):
-                v = V[:, off : off + n + 1]
-                off += n + 1
-                c_half = _cheb(v[:, ::2])
-                xo = np.cos(np.pi * np.arange(1, n, 2) / n)
-                pred = _clenshaw_np(c_half, xo)
-                scale = max(float(np.max(np.abs(v))), 1e-300)
-                err_i = max(err_i, float(np.max(np.abs(pred - v[:, 1::2]))) / scale)
-                cs.append(_cheb(v))
-            if err_i > rtol:
-                if n >= _DEGREES[-1]:
-                    raise ConvergenceError(
-                        f"eps tau table of {phi} at B={Bv}, gamma={combos[i][0]:g}, beta={combos[i][1]:g}: Chebyshev "
-                        f"interpolation error {err_i:.2e} > {rtol:g} at degree {n}; use method='quadrature'"
-                    )
-                degree[i] = 2 * n
-                nxt.append(i)
-                continue
-            worst = max(worst, err_i)
-            results[i] = (e, np.stack(cs, axis=1), _kinds(e))  # [names, pieces, D]
+        for item, v in zip(pending, blocks):
+            i, lo, hi, kind, n, splits = item
+            c_half = _cheb(v[:, ::2])
+            xo = np.cos(np.pi * np.arange(1, n, 2) / n)
+            err = float(np.max(np.abs(_clenshaw_np(c_half, xo) - v[:, 1::2]))) / scale[i]
+            if err <= rtol:
+                worst = max(worst, err)
+                done[i].append((lo, hi, kind, _cheb(v)))
+            elif n < _DEGREES[-1]:
+                nxt.append([i, lo, hi, kind, 2 * n, splits])
+            elif splits < _MAX_SPLITS:
+                mid = lo + (hi - lo) / 4
+                nxt += [
+                    [i, lo, mid, kind & 1, _DEGREES[0], splits + 1],
+                    [i, mid, hi, kind & 2, _DEGREES[0], splits + 1],
+                ]
+            else:
+                raise ConvergenceError(
+                    f"eps tau table of {phi} at B={Bv}, gamma={combos[i][0]:g}, beta={combos[i][1]:g}: Chebyshev "
+                    f"interpolation error {err:.2e} > {rtol:g} on tau in [{lo:.3g}, {hi:.3g}] at degree {n} after "
+                    f"{splits} splits; use method='quadrature'"
+                )
         pending = nxt
-    D = max(r[1].shape[-1] for r in results.values())
+    for i, ps in done.items():
+        ps.sort(key=lambda p: p[0])
+        results[i] = ([p[0] for p in ps] + [ps[-1][1]], [p[3] for p in ps], [p[2] for p in ps])
+    maxp = max(len(r[1]) for r in results.values())
+    D = max(c.shape[-1] for r in results.values() for c in r[1])
     edges = np.full((C, maxp + 1), np.inf)
     coeffs = np.zeros((C, len(names), maxp, D))
     maps = np.zeros((C, maxp), dtype=np.int64)
-    for i, (e, c, kinds) in results.items():
+    for i, (e, cs, kinds) in results.items():
         edges[i, : len(e)] = e
-        coeffs[i, :, : c.shape[1], : c.shape[2]] = c
+        for p, c in enumerate(cs):
+            coeffs[i, :, p, : c.shape[-1]] = c
         maps[i, : len(kinds)] = kinds
     phi_beta = np.array([float(fphi(b)) for _, b in combos])
     return EpsTables(Bv, names, edges, coeffs, maps, norm, trace, phi_beta, used, worst)
@@ -330,12 +360,6 @@ def _exit_taus(us: Sequence[float], B: int) -> list[float]:
     return out
 
 
-def _kinds(e: Sequence[float]) -> list[int]:
-    """Piece maps for edges e = [0, cuts..., 1]: square-root maps at the interior cuts."""
-    n = len(e) - 1
-    return [(1 if j > 0 else 0) + (2 if j < n - 1 else 0) for j in range(n)]
-
-
 # ---------------------------------------------------------------------------------------------
 # the chi^2 rule (host side)
 # ---------------------------------------------------------------------------------------------
@@ -348,25 +372,97 @@ def _n_panels(k: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def chi2_rule(k: int, n: int, panels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes s and weights (density of chi^2_k folded in) of the composite rule (module docstring),
-    padded with zero-weight nodes to ``panels`` panels."""
+def chi2_panels(k: int, panels: int) -> np.ndarray:
+    """Edges [panels + 1] of the composite s-rule (module docstring), padded with empty panels at
+    s_max."""
     edges = [0.0] + [S_SPLIT * 2.0 ** (-j) for j in range(S_GEOMETRIC, -1, -1)]
     m = math.ceil((_s_max(k) - S_SPLIT) / S_WIDTH)
     edges += [S_SPLIT + S_WIDTH * (i + 1) for i in range(m)]
-    t, w = np.polynomial.legendre.leggauss(n)
-    nodes, weights = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        nodes.append((hi - lo) / 2 * t + (hi + lo) / 2)
-        weights.append((hi - lo) / 2 * w)
-    s = np.concatenate(nodes)
-    half = k / 2.0
-    logdens = -half * math.log(2.0) - math.lgamma(half) + (half - 1) * np.log(s) - s / 2
-    wt = np.concatenate(weights) * np.exp(logdens)
-    pad = panels * n - s.size
+    pad = panels + 1 - len(edges)
     if pad < 0:
         raise SymbnmfError("internal: chi-square rule larger than its padding")
-    return np.concatenate([s, np.ones(pad)]), np.concatenate([wt, np.zeros(pad)])
+    return np.array(edges + [edges[-1]] * pad)
+
+
+def chi2_rule(k: int, n: int, panels: int) -> tuple[Any, ...]:
+    """The s-rule of chi^2_k with n Gauss-Legendre points a panel, as the arguments of the jitted
+    :func:`_s_rule`: (panel edges, Legendre nodes, Legendre weights, log of the density's constant,
+    k/2)."""
+    t, w = np.polynomial.legendre.leggauss(n)
+    half = k / 2.0
+    return chi2_panels(k, panels), t, w, np.float64(-half * math.log(2.0) - math.lgamma(half)), np.float64(half)
+
+
+def _s_rule(rule, Bf, eps, mu, tedges, tmaps, sub):
+    """Nodes s [P, M] and weights (chi^2_k density folded in) of the composite rule, adapted to each
+    grid point's tables (``tedges`` [P, pieces + 1], maps ``tmaps`` [P, pieces]) at its mu: with
+    s(tau) = B eps tau/(mu (1 - tau)),
+
+    * the image s(tau) of every table piece is an edge, and each bounded piece is cut into ``sub``
+      panels of equal length in the piece's own variable v (:func:`_tau_of_v`): a table of
+      Chebyshev degree D in v then has degree ~D/sub on a panel (a uniform panel of width 6 can
+      hold most of a piece, whose degree-64 polynomial 8 points do not integrate), and next to a
+      cut, where tau - tau_c ~ v^2, the panels shrink quadratically;
+    * the *breaks*: s_c = s(tau_c) of the cuts tau_c (where a kink line or a corner of two leaves
+      the sphere: an inner edge whose upper piece has the square-root map at its lower end; not the
+      grading points of :func:`symbnmf.numeric._epsilon.graded_pieces`). On either side of s_c the
+      integrands are analytic functions of sqrt|s - s_c|, so a panel whose nearest break below
+      (above) lies within its length uses the map of :func:`symbnmf.fast._fastquad._sqrt_map` with
+      that distance, which makes sqrt|s - s_c| analytic in the rule's variable
+      (numeric._epsilon._s_breaks splits tanh-sinh at the same points);
+    * the other panels are plain Gauss-Legendre.
+    """
+    import jax.numpy as jnp
+
+    from symbnmf.fast._fastquad import _sqrt_map
+
+    base, t, w, lognorm, half = rule
+    P = mu.shape[0]
+    smax = base[-1]
+
+    def s_of(tau, ok):
+        tau_s = jnp.where(ok, tau, 0.5)
+        v = Bf * eps[:, None] * tau_s / (mu[:, None] * (1 - tau_s))
+        return jnp.where(ok & (v < smax), jnp.clip(v, 0.0, smax), smax)
+
+    lo, hi = tedges[:, :-1], tedges[:, 1:]
+    used = jnp.isfinite(hi)
+    lo_s, hi_s = jnp.where(used, lo, 0.0), jnp.where(used, hi, 1.0)
+    vs = jnp.arange(1, sub) / sub  # interior points of each piece in its variable v
+    kd = tmaps[..., None]
+    r = jnp.where(
+        kd == 0,
+        vs,
+        jnp.where(kd == 1, vs * vs, jnp.where(kd == 2, 1 - (1 - vs) ** 2, jnp.sin(jnp.pi * vs / 2) ** 2)),
+    )
+    tau_sub = lo_s[..., None] + (hi_s - lo_s)[..., None] * r  # [P, pieces, sub - 1]
+    inner = tedges[:, 1:-1]
+    ok_inner = jnp.isfinite(inner) & (inner > 0) & (inner < 1)
+    s_inner = s_of(inner, ok_inner)
+    extra = jnp.concatenate([s_inner, s_of(tau_sub.reshape(P, -1), jnp.repeat(used, sub - 1, axis=1))], axis=1)
+    allp = jnp.sort(jnp.concatenate([jnp.broadcast_to(base, (P, base.shape[0])), extra], axis=1), axis=1)
+    # the breaks: cuts, not grading points (the piece above has the square-root map at its lower end)
+    brk = ok_inner & (jnp.mod(tmaps[:, 1:], 2) == 1) & (s_inner < smax)
+    sc = jnp.where(brk, s_inner, jnp.inf)  # [P, J]
+    a, b = allp[:, :-1, None], allp[:, 1:, None]  # [P, panels, 1]
+    L = b - a
+    below = a - sc[:, None, :]  # [P, panels, J]
+    above = sc[:, None, :] - b
+    da = jnp.min(jnp.where(below >= 0, below, jnp.inf), axis=2, initial=jnp.inf)[..., None]
+    db = jnp.min(jnp.where(above >= 0, above, jnp.inf), axis=2, initial=jnp.inf)[..., None]
+    use = (da < L) | (db < L)
+    xs, ws = _sqrt_map(a, b, jnp.minimum(da, L), jnp.minimum(db, L), t, w)
+    s = jnp.where(use, xs, (a + b) / 2 + L / 2 * t).reshape(P, -1)
+    ws = jnp.where(use, ws, L / 2 * w).reshape(P, -1)
+    pos = s > 0
+    s = jnp.where(pos, s, 1.0)
+    dens = jnp.where(pos, jnp.exp(lognorm + (half - 1) * jnp.log(s) - s / 2), 0.0)
+    return s, ws * dens
+
+
+def _subpanels(D: int) -> int:
+    """Panels of the s-rule per table piece (:func:`_s_rule`) for tables of D Chebyshev coefficients."""
+    return max(1, -(-(D - 1) // S_DEGREE_PER_PANEL))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,14 +513,15 @@ def _make_solver(names: tuple[str, ...]):
 
     ia, ib = names.index("a"), names.index("b")
 
-    def F_over_mu(ch, edges, maps, s, w, mu, Bf, eps, sw):
+    def F_over_mu(ch, edges, maps, rule, mu, Bf, eps, sw):
         # mu [P] -> F(mu)/mu [P] = sigma_w^2 E[h(tau) s/(mu s + B eps)], h = (a - b)/tau with
         # coefficients ch [P, 1, pieces, D]: no cancellation as mu -> 0 (the collapse boundary)
+        s, w = _s_rule(rule, Bf, eps, mu, edges, maps, _subpanels(ch.shape[-1]))
         den = mu[:, None] * s + Bf * eps[:, None]
         v = _table_eval(ch, edges, maps, mu[:, None] * s / den)[:, 0]
         return sw * jnp.sum(v * s / den * w, axis=-1)
 
-    def solve(coeffs, ch, edges, maps, s, w, sc, wc, Bf, eps, sw, sup):
+    def solve(coeffs, ch, edges, maps, rule_f, rule_c, Bf, eps, sw, sup):
         del coeffs
         hi = 4 * sw * jnp.maximum(sup, 1e-30)
         llo, lhi = jnp.log(hi * 1e-14), jnp.log(hi)
@@ -432,10 +529,10 @@ def _make_solver(names: tuple[str, ...]):
 
         def g_of(lm):
             mu = jnp.exp(lm)
-            return F_over_mu(ch, edges, maps, s, w, mu, Bf, eps, sw) - 1
+            return F_over_mu(ch, edges, maps, rule_f, mu, Bf, eps, sw) - 1
 
         def g_coarse(lm):
-            return F_over_mu(ch, edges, maps, sc, wc, jnp.exp(lm), Bf, eps, sw) - 1
+            return F_over_mu(ch, edges, maps, rule_c, jnp.exp(lm), Bf, eps, sw) - 1
 
         # the bracket search uses the coarse rule (signs only; accurate to rtol, checked below)
         gs = jax.lax.map(g_coarse, grid.T).T  # [P, G]
@@ -481,12 +578,13 @@ def _make_solver(names: tuple[str, ...]):
         lm = jnp.where(jnp.abs(fb) <= jnp.abs(fa), b, a)
         width = jnp.abs(b - a)
         mu = jnp.where(found, jnp.exp(lm), 0.0)
-        resid_c = jnp.where(found, F_over_mu(ch, edges, maps, sc, wc, jnp.where(found, mu, 1.0), Bf, eps, sw) - 1, 0.0)
+        resid_c = jnp.where(found, F_over_mu(ch, edges, maps, rule_c, jnp.where(found, mu, 1.0), Bf, eps, sw) - 1, 0.0)
         resid_f = jnp.where(found, jnp.where(ok, jnp.minimum(jnp.abs(fa), jnp.abs(fb)), jnp.inf), 0.0)
         return mu, found, resid_f, resid_c, width
 
-    def quantities(coeffs, edges, maps, s, w, mu, Bf, eps, sw, norm, trace):
+    def quantities(coeffs, edges, maps, rule, mu, Bf, eps, sw, norm, trace):
         """diag, offdiag, forward[3], backward[3] at mu > 0 with one s-rule."""
+        s, w = _s_rule(rule, Bf, eps, mu, edges, maps, _subpanels(coeffs.shape[-1]))
         tau = mu[:, None] * s / (mu[:, None] * s + Bf * eps[:, None])
         v = _table_eval(coeffs, edges, maps, tau)  # [P, n, M]
         E = lambda f: jnp.sum(f * w, axis=-1)
@@ -629,8 +727,8 @@ def fast_evaluate_eps(
             k = Bv - 1
             panels = _n_panels(k)
             panels = 16 * math.ceil(panels / 16)
-            s_f, w_f = chi2_rule(k, S_FINE, panels)
-            s_c, w_c = chi2_rule(k, S_COARSE, panels)
+            rule_f = chi2_rule(k, S_FINE, panels)
+            rule_c = chi2_rule(k, S_COARSE, panels)
             taus = np.linspace(0.0, 1.0, 17)
             sup_c = np.empty(len(combos))
             for c in range(len(combos)):
@@ -677,10 +775,8 @@ def fast_evaluate_eps(
                     jnp.asarray(hcoef[ci][:, None]),
                     E,
                     Mp,
-                    s_f,
-                    w_f,
-                    s_c,
-                    w_c,
+                    rule_f,
+                    rule_c,
                     Bf,
                     jnp.asarray(e[padsel]),
                     jnp.asarray(sw[padsel]),
@@ -698,8 +794,8 @@ def fast_evaluate_eps(
                 mu_pad = np.concatenate([mu_safe, np.ones(_CHUNK - n_real)])
                 qa = (C, E, Mp)
                 qb = (Bf, jnp.asarray(e[padsel]), jnp.asarray(sw[padsel]), norm, trace)
-                vf = np.asarray(quants(*qa, s_f, w_f, jnp.asarray(mu_pad), *qb))[:, :n_real]
-                vc = np.asarray(quants(*qa, s_c, w_c, jnp.asarray(mu_pad), *qb))[:, :n_real]
+                vf = np.asarray(quants(*qa, rule_f, jnp.asarray(mu_pad), *qb))[:, :n_real]
+                vc = np.asarray(quants(*qa, rule_c, jnp.asarray(mu_pad), *qb))[:, :n_real]
                 err = np.abs(vf - vc)
                 # relative, with an absolute floor: |diag| for the covariance entries, 1 for the
                 # (dimensionless) eigenvalues, e.g. forward.G -> 0 as eps -> 0

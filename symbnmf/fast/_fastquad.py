@@ -34,7 +34,10 @@ scheme, iterated angles (Lemma ``iterated_two_coordinate_law``, see :func:`_iter
 theta for y1 with weight sin^{B-3}, then phi for y2 given theta with weight sin^{B-4}, both by
 Gauss-Legendre on pieces split *inside the jitted kernel* at the kinks (computed from the
 parameters), at the theta where a kink line is tangent to the inner circle, and truncated to
-the window where the weights exceed 1e-16 of their peak.
+the window where the weights exceed 1e-16 of their peak. Next to a tangency the inner integral
+has a square-root branch point (even B): the theta pieces there use a map that makes
+sqrt|theta - theta_t| analytic, also when theta_t lies just outside the piece (a corner of two
+kink lines near the edge of the disk, :func:`_sqrt_map`).
 
 Every evaluation is done with two rules (polar: (n_rho, n_psi per sector) = (40, 28) and a
 coarser (32, 24); iterated: points per piece (32, 28) and (28, 24)); their difference is the
@@ -363,12 +366,14 @@ def kink_expressions(act: Any) -> tuple[sp.Expr, ...]:
 _WINDOW = 8.5
 
 
-def _pieces(lo, hi, cuts, t, w, smooth_ends=False):
+def _pieces(lo, hi, cuts, t, w, smooth_ends=False, singular=None):
     """Gauss-Legendre nodes/weights on [lo, hi] split at ``cuts`` (clipped): [..., P*n].
 
     ``smooth_ends`` (a boolean array broadcasting against ``lo``) maps the pieces where it is true
-    by x = a + (b-a)(3s^2 - 2s^3), which turns (x-a)^{1/2}, (x-a)^{3/2} end-point behaviour into
-    an analytic one.
+    by :func:`_sqrt_map`, which makes powers (x - c)^(k/2) of the distance to a *singular point* c
+    analytic in the rule's variable when c is a piece end or lies just outside one. The singular
+    points are ``singular`` ([S, ...] like ``cuts``; unclipped), or, when None, every cut: the
+    nearest one at or beyond each end of a piece (within the piece's length) is the one resolved.
     """
     import jax.numpy as jnp
 
@@ -378,14 +383,49 @@ def _pieces(lo, hi, cuts, t, w, smooth_ends=False):
     nodes = (a + b) / 2 + (b - a) / 2 * t
     weights = (b - a) / 2 * w
     if smooth_ends is not False:
-        sn = (t + 1) / 2
+        sing = cuts if singular is None else singular
+        length = b - a
+        # distance from each end of a piece to the nearest singular point at or beyond it (capped
+        # at the piece length: a singular point further away needs no help)
+        below = a[None] - sing[:, None, ..., None]  # [S, P, ..., 1]
+        above = sing[:, None, ..., None] - b[None]
+        big = jnp.inf
+        da = jnp.minimum(jnp.min(jnp.where(below >= 0, below, big), axis=0, initial=big), length)
+        db = jnp.minimum(jnp.min(jnp.where(above >= 0, above, big), axis=0, initial=big), length)
+        sn, sw = _sqrt_map(a, b, da, db, t, w)
         flag = jnp.broadcast_to(smooth_ends, a.shape[1:-1])[None, ..., None]
-        nodes = jnp.where(flag, a + (b - a) * (3 * sn * sn - 2 * sn * sn * sn), nodes)
-        weights = jnp.where(flag, (b - a) * 3 * sn * (1 - sn) * w, weights)
+        nodes = jnp.where(flag, sn, nodes)
+        weights = jnp.where(flag, sw, weights)
     P = nodes.shape[0]
     nodes = jnp.moveaxis(nodes, 0, -2).reshape(nodes.shape[1:-1] + (P * t.shape[0],))
     weights = jnp.moveaxis(weights, 0, -2).reshape(weights.shape[1:-1] + (P * t.shape[0],))
     return nodes, weights
+
+
+def _sqrt_map(a, b, da, db, t, w):
+    """Gauss-Legendre (t, w) on [-1, 1] mapped to [a, b] so that sqrt(x - (a - da)) and
+    sqrt((b + db) - x) are both entire functions of the rule's variable (da, db >= 0: distances
+    from the ends to singular points of square-root type just outside; 0 when at the ends).
+
+    With M = b - a + da + db, x = a - da + M sin^2(theta), theta linear in the rule's variable from
+    arcsin sqrt(da/M) to arccos sqrt(db/M): then sqrt(x - a + da) = sqrt(M) sin(theta) and
+    sqrt(b + db - x) = sqrt(M) cos(theta), and the map is entire, so it adds no singularity of its own.
+    A piece end far from any singular point (da or db equal to the piece length) gets a mild map.
+    """
+    import jax.numpy as jnp
+
+    L = b - a
+    M = L + da + db
+    Ms = jnp.where(M > 0, M, 1.0)  # M = 0 only on an empty piece (weights 0)
+    th_a = jnp.arcsin(jnp.sqrt(da / Ms))
+    th_b = jnp.arccos(jnp.sqrt(db / Ms))
+    th = th_a + (th_b - th_a) * (t + 1) / 2
+    sn, cs = jnp.sin(th), jnp.cos(th)
+    # each end from its own side: no cancellation in x - a or b - x next to the ends
+    x = jnp.where(th < jnp.pi / 4, (a - da) + M * sn * sn, (b + db) - M * cs * cs)
+    x = jnp.clip(x, a, b)
+    wx = jnp.where(L > 0, 2 * M * sn * cs * (th_b - th_a) / 2 * w, 0.0)
+    return x, wx
 
 
 def _kink_array(kinks, params, B):
@@ -397,8 +437,9 @@ def _kink_array(kinks, params, B):
     return (jnp.stack(ks) if ks else jnp.zeros((0, C), dtype=B.dtype))[:, :, None]
 
 
-def _theta_rule(B, th_cut, t, w, C, smooth=False):
-    """theta nodes/normalised weights (density sin^{B-3} theta) on the window, split at ``th_cut``."""
+def _theta_rule(B, th_cut, t, w, C, smooth=False, singular=None):
+    """theta nodes/normalised weights (density sin^{B-3} theta) on the window, split at ``th_cut``
+    (``smooth``, ``singular``: see :func:`_pieces`)."""
     import jax.numpy as jnp
 
     Bc = B[None, :]
@@ -406,7 +447,7 @@ def _theta_rule(B, th_cut, t, w, C, smooth=False):
     L1 = jnp.minimum(half, _WINDOW / jnp.sqrt(jnp.maximum(Bc - 3, 1e-300)))
     lo1 = jnp.broadcast_to(half - L1, (C, B.shape[0]))
     hi1 = jnp.broadcast_to(half + L1, (C, B.shape[0]))
-    theta, wth = _pieces(lo1, hi1, th_cut, t, w, smooth_ends=smooth)  # [C, nB, P1]
+    theta, wth = _pieces(lo1, hi1, th_cut, t, w, smooth_ends=smooth, singular=singular)  # [C, nB, P1]
     wth = wth * jnp.power(jnp.sin(theta), Bc[..., None] - 3)
     return theta, wth / jnp.sum(wth, axis=-1, keepdims=True)
 
@@ -460,10 +501,15 @@ def _iterated_expectations(integrand, kinks, B, rule, params):
         ],
         axis=0,
     )  # [4r, C, nB] (-alpha - base < 0 never counts); values outside [0, pi] clip to empty pieces
-    # Next to a tangency the inner integral behaves like |theta - theta_t|^((B-3)/2): analytic for
-    # odd B, algebraic for even B, where small B (<= 8) needs the end-point smoothing map.
+    # Next to a tangency the inner integral behaves like |theta - theta_t|^((B-3)/2) on one side:
+    # analytic for odd B, algebraic for even B, where small B (<= 8) needs the square-root map of
+    # _pieces. The singular points are the tangencies only (not the kinks y1 = k, where only f1 is
+    # not smooth): when a kink y1 = k and a tangency nearly coincide (the corner of two kink lines
+    # near the edge of the support of (y1, y2)), the branch point of the inner integral lies just
+    # outside the piece that ends at the kink, and the map resolves it there too.
     smooth = jnp.broadcast_to((jnp.mod(Bc, 2) == 0) & (Bc <= 8), (C, B.shape[0]))
-    theta, wth = _theta_rule(B, th_cut, t1, w1, C, smooth)  # [C, nB, P1]
+    nk = ks.shape[0]
+    theta, wth = _theta_rule(B, th_cut, t1, w1, C, smooth, singular=th_cut[nk:])  # [C, nB, P1]
     Bn = Bc[..., None]
     ct, st = jnp.cos(theta), jnp.sin(theta)
     y1 = R[..., None] * ct  # [C, nB, P1]

@@ -7,8 +7,9 @@ Structure of the computation (no closed form anywhere):
    tau = t^2 in [0, 1] and not on (mu, eps, sigma_w^2). For each tau node the integrals come from
    the certified sphere quadrature (:func:`~symbnmf.numeric._quadrature.sphere_expectations`);
    in tau they are represented by Chebyshev interpolants on Lobatto nodes (split where a kink of
-   phi(beta + gamma t y) leaves the sphere), refined by doubling until the interpolation error
-   (new nodes against the coarser interpolant) is below 10^(-dps+3); otherwise
+   phi(beta + gamma t y) leaves the sphere), refined by doubling (to degree 64, judged on 129
+   nodes) until the interpolation error (new nodes against the coarser interpolant) is below
+   10^(-dps+3); a piece that misses it is split at its first quarter (up to 3 times), then
    :class:`ConvergenceError`. For positive-homogeneous phi of degree alpha at beta = 0 the
    integrals separate exactly (a(tau) = gamma^(2 alpha) tau^alpha a(1), K(tau) ~ tau^(alpha-1)) and
    only tau = 1 is computed.
@@ -116,13 +117,55 @@ def _v_of_tau(lo: Any, hi: Any, tau: Any, kind: int) -> Any:
     return 2 / mp.pi * mpmath.asin(mpmath.sqrt(r))
 
 
-def _kinds(n: int) -> list[int]:
-    """Maps of the n pieces between edges [0, cuts..., 1]: square-root maps at the interior cuts."""
-    return [(1 if j > 0 else 0) + (2 if j < n - 1 else 0) for j in range(n)]
+#: Grading of the tau pieces next to a cut (:func:`graded_pieces`).
+GRADE_RATIO = 6
+GRADE_FACTOR = 4
 
 
-def exit_taus(us: Sequence[Any], B: int) -> list[Any]:
-    """tau in (0, 1) where the kink structure of phi(beta + gamma t y) changes on the support of (y1, y2).
+def graded_pieces(cuts: Sequence[Any], one: Any = 1) -> tuple[list[Any], list[int]]:
+    """Edges [0, ..., 1] of the tau pieces and their maps (:func:`_tau_of_v`) for the ``cuts``
+    (sorted, in (0, 1], any number type with + - * and <; ``one`` is 1 in that type; a cut at 1
+    gives the last piece the square-root map at tau = 1).
+
+    On either side of a cut c the tables are analytic in sqrt|tau - c| (the square-root maps
+    resolve c), but the next cut c' is a branch point too: in the variable v of the piece beyond c
+    it sits at v = i sqrt(g/L) (g = |c - c'|, L the piece length), and the Chebyshev series
+    converges like (1 + sqrt(g/L))^(-n). With cuts at tau = u^2/(B - 1) and 2 u^2/(B - 2) (ReLU with
+    beta != 0) g/L ~ u^2/B, and a single piece needs degree > 128 at B = 32. So where L > 6 g the
+    piece is graded away from c at c +- g 4^j (j >= 1; the first piece keeps the map at c, the
+    others are plain with c at distance >= 1/3 of their length), leaving no piece shorter than
+    half its distance to c."""
+    pts = [c for c in cuts if c < one]
+    edges: list[Any] = [0 * one, *pts, one]
+    singular = [False, *([True] * len(pts)), len(pts) < len(cuts)]
+    extra: list[Any] = []
+    for i, c in enumerate(pts):
+        lo_end = edges[i]  # the edge below c
+        hi_end = edges[i + 2]  # the edge above c
+        if i > 0:  # grade [c, hi_end] away from c (the other cut pts[i - 1] lies below)
+            g = c - pts[i - 1]
+            if hi_end - c > GRADE_RATIO * g:
+                e = c + GRADE_FACTOR * g
+                while e < hi_end and hi_end - e > (e - c) / 2:
+                    extra.append(e)
+                    e = c + GRADE_FACTOR * (e - c)
+        if i + 1 < len(pts):  # grade [lo_end, c] away from c (pts[i + 1] lies above)
+            g = pts[i + 1] - c
+            if c - lo_end > GRADE_RATIO * g:
+                e = c - GRADE_FACTOR * g
+                while e > lo_end and e - lo_end > (c - e) / 2:
+                    extra.append(e)
+                    e = c - GRADE_FACTOR * (c - e)
+    allp = sorted([(e, s) for e, s in zip(edges, singular)] + [(e, False) for e in extra], key=lambda p: p[0])
+    es = [p[0] for p in allp]
+    flags = [p[1] for p in allp]
+    maps = [(1 if flags[j] else 0) + (2 if flags[j + 1] else 0) for j in range(len(es) - 1)]
+    return es, maps
+
+
+def exit_taus(us: Sequence[Any], B: int, upto_one: bool = False) -> list[Any]:
+    """tau in (0, 1) (in (0, 1] with ``upto_one``: an exit at tau = 1 makes the tables singular at
+    that end) where the kink structure of phi(beta + gamma t y) changes on the support of (y1, y2).
 
     With u = (kink - beta)/gamma the kink lines are y_j = u/t. The pair (y1, y2) fills the ellipse
     y1^2 + y2^2 + 2 y1 y2/(B-1) <= B(B-2)/(B-1) (the other B-2 coordinates sum to -(y1 + y2) with
@@ -133,7 +176,7 @@ def exit_taus(us: Sequence[Any], B: int) -> list[Any]:
     for ua in us:
         for ub in us:
             out.add(sp.nsimplify((ua**2 + ub**2 + 2 * ua * ub / (B - 1)) * (B - 1) / (B * (B - 2))))
-    return sorted(c for c in out if 0 < c < 1)
+    return sorted(c for c in out if 0 < c < 1 or (upto_one and c == 1))
 
 
 @dataclass
@@ -202,6 +245,73 @@ def _rational_or_float(e: Any, dps: int) -> Any:
     return mpmath.mpf(str(sp.N(e, dps + 10)))
 
 
+#: Largest Chebyshev degree of one tau piece (its error is judged with twice as many nodes),
+#: and how often a piece that misses the tolerance there is split (:func:`fit_tables`).
+_MAX_DEGREE = 64
+_MAX_SPLITS = 3
+
+
+def _fit_piece(lo: Any, hi: Any, kind: int, at: Callable[[Any], dict], names: list, tol: Any) -> Any:
+    """Chebyshev interpolant on the Lobatto nodes of one tau piece, doubled from degree 8 until the
+    degree-n interpolant predicts the n new nodes of degree 2n to ``tol`` times the tables' scale
+    (then the degree-2n interpolant is kept): (coefficients by name, error), or None when that fails
+    at degree :data:`_MAX_DEGREE`. Analytic tables converge geometrically; the rate is set by the
+    nearest singularity in complex tau (e.g. tanh at B = 32, gamma = 1.5 needs degree 64: the poles
+    of tanh(beta + gamma sqrt(tau) y) reach tau ~ -(pi^2/4 + beta^2)/(gamma^2 (B - 1)))."""
+    n = 8
+    vals = [at(tau) for tau in _lobatto(lo, hi, n, kind)]
+    coeffs = {name: _cheb_coeffs([v[name] for v in vals]) for name in names}
+    while True:
+        fine = _lobatto(lo, hi, 2 * n, kind)
+        new = [fine[j] for j in range(1, 2 * n, 2)]
+        newvals = [at(tau) for tau in new]
+        piece = _Piece(lo, hi, coeffs, kind)
+        scale = max([abs(v[name]) for v in vals for name in names] + [mpmath.mpf(1)])
+        err = max(
+            abs(_clenshaw(coeffs[name], piece.x(tau)) - v[name]) for tau, v in zip(new, newvals) for name in names
+        )
+        vals = [at(tau) for tau in fine]
+        coeffs = {name: _cheb_coeffs([v[name] for v in vals]) for name in names}
+        if err <= tol * scale:
+            return coeffs, err
+        n *= 2
+        if n > _MAX_DEGREE:
+            return None
+
+
+def fit_tables(
+    edges: Sequence[Any], kinds: Sequence[int], at: Callable[[Any], dict], names: list, tol: Any, what: str
+) -> tuple[list[_Piece], Any]:
+    """Chebyshev pieces (:func:`_fit_piece`) of the tables ``at`` (tau -> {name: value}) on the pieces
+    between ``edges`` with maps ``kinds``; (pieces, worst interpolation error).
+
+    A piece that misses ``tol`` at degree :data:`_MAX_DEGREE` is split at its first quarter,
+    grading towards its lower end (the singularities of an analytic phi(beta + gamma sqrt(tau) y)
+    in complex tau approach tau = 0 as gamma^2 B grows), up to :data:`_MAX_SPLITS` times; then
+    :class:`ConvergenceError`."""
+    pieces: list[_Piece] = []
+    worst = mp.zero
+    work = [(lo, hi, kind, 0) for lo, hi, kind in zip(edges[:-1], edges[1:], kinds)]
+    while work:
+        lo, hi, kind, depth = work.pop(0)
+        fit = _fit_piece(lo, hi, kind, at, names, tol)
+        if fit is None:
+            if depth >= _MAX_SPLITS:
+                raise ConvergenceError(
+                    f"{what}: Chebyshev interpolation in tau on [{mpmath.nstr(lo, 5)}, {mpmath.nstr(hi, 5)}] "
+                    f"missed {mpmath.nstr(tol, 3)} (relative) with {2 * _MAX_DEGREE + 1} nodes after "
+                    f"{depth} splits; lower --dps"
+                )
+            mid = lo + (hi - lo) / 4
+            # a singular end keeps its square-root map: lo (bit 1) on the left part, hi (bit 2) on the right
+            work[:0] = [(lo, mid, kind & 1, depth + 1), (mid, hi, kind & 2, depth + 1)]
+            continue
+        coeffs, err = fit
+        worst = max(worst, err)
+        pieces.append(_Piece(lo, hi, coeffs, kind))
+    return pieces, worst
+
+
 @functools.lru_cache(maxsize=64)
 def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = DEFAULT_DPS) -> TauTables:
     """Build (and cache) the :class:`TauTables` of phi(beta + gamma t y) at batch size B."""
@@ -238,63 +348,30 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
         # split tau at the points where a kink k of phi(beta + gamma t y) leaves the sphere
         from symbnmf.numeric._quadrature import _exact_kinks
 
-        cuts = exit_taus([(k - beta) / gamma for k in _exact_kinks(phi, x)], Bv)
-        edges = [sp.Integer(0), *cuts, sp.Integer(1)]
-        kinds = _kinds(len(edges) - 1)
+        cuts = exit_taus([(k - beta) / gamma for k in _exact_kinks(phi, x)], Bv, upto_one=True)
+        edges, kinds = graded_pieces(cuts, sp.Integer(1))
         if any(sp.simplify(k - beta) == 0 for k in _exact_kinks(phi, x)):
             raise SymbnmfError(
                 f"phi = {phi} has a kink at beta = {beta}: with eps > 0 this is supported only for positive-homogeneous "
                 "phi at beta = 0 (ReLU, leaky ReLU); shift --beta slightly"
             )
-        pieces = []
-        used = 0
-        worst = mp.zero
+        cache: dict = {}
+
+        def at(tau: Any) -> dict:
+            key = mpmath.nstr(tau, dps + 5)
+            if key not in cache:
+                # t rounded to a short binary rational (53 bits at the default dps): the sphere
+                # quadrature with kinks at -beta/(gamma t) fails to converge for t with long
+                # mantissas (ReLU, beta != 0, B = 4); the node moves by < 2^-52 relative
+                with mp.workprec(53 if dps <= DEFAULT_DPS else int(3.33 * dps) + 8):
+                    t_node = +mpmath.sqrt(tau)
+                cache[key] = _values(terms, Bv, dps + 2, _rational(t_node), what)
+            return cache[key]
+
+        bounds = [mpmath.mpf(_rational_or_float(e, dps)) for e in edges]
         tol = mpmath.mpf(10) ** (-(dps - 3))
-        for lo_s, hi_s, kind in zip(edges[:-1], edges[1:], kinds):
-            lo, hi = mpmath.mpf(_rational_or_float(lo_s, dps)), mpmath.mpf(_rational_or_float(hi_s, dps))
-            n = 8
-            nodes = _lobatto(lo, hi, n, kind)
-            cache: dict = {}
-
-            def at(tau: Any, cache: dict = cache) -> dict:
-                key = mpmath.nstr(tau, dps + 5)
-                if key not in cache:
-                    # t rounded to a short binary rational (53 bits at the default dps): the sphere
-                    # quadrature with kinks at -beta/(gamma t) fails to converge for t with long
-                    # mantissas (ReLU, beta != 0, B = 4); the node moves by < 2^-52 relative
-                    with mp.workprec(53 if dps <= DEFAULT_DPS else int(3.33 * dps) + 8):
-                        t_node = +mpmath.sqrt(tau)
-                    cache[key] = _values(terms, Bv, dps + 2, _rational(t_node), what)
-                return cache[key]
-
-            vals = [at(tau) for tau in nodes]
-            coeffs = {name: _cheb_coeffs([v[name] for v in vals]) for name in terms}
-            while True:
-                fine = _lobatto(lo, hi, 2 * n, kind)
-                new = [fine[j] for j in range(1, 2 * n, 2)]
-                newvals = [at(tau) for tau in new]
-                piece = _Piece(lo, hi, coeffs, kind)
-                scale = max([abs(v[name]) for v in vals for name in terms] + [mpmath.mpf(1)])
-                err = max(
-                    abs(_clenshaw(coeffs[name], piece.x(tau)) - v[name])
-                    for tau, v in zip(new, newvals)
-                    for name in terms
-                )
-                allvals = [at(tau) for tau in fine]
-                coeffs = {name: _cheb_coeffs([v[name] for v in allvals]) for name in terms}
-                n *= 2
-                vals = allvals
-                if err <= tol * scale:
-                    break
-                if n >= 64:
-                    raise ConvergenceError(
-                        f"{what}: Chebyshev interpolation in tau on [{mpmath.nstr(lo, 5)}, {mpmath.nstr(hi, 5)}] "
-                        f"reached error {mpmath.nstr(err, 3)} > {mpmath.nstr(tol * scale, 3)} with {n + 1} nodes; "
-                        "lower --dps"
-                    )
-            worst = max(worst, err)
-            used += len(cache)
-            pieces.append(_Piece(lo, hi, coeffs, kind))
+        pieces, worst = fit_tables(bounds, kinds, at, list(terms), tol, what)
+        used = len(cache)
         return TauTables(Bv, dps, norm, trace, phi_beta, m0, None, pieces, used, worst)
 
 
@@ -376,7 +453,7 @@ def _s_breaks(tab: TauTables, mu: Any, eps: Any) -> list[Any]:
     sphere): the integrands of the r-integral are not smooth there, so tanh-sinh is split at them."""
     if not tab.pieces or eps == 0:
         return []
-    return [tab.B * eps * p.lo / (mu * (1 - p.lo)) for p in tab.pieces[1:] if 0 < p.lo < 1]
+    return [tab.B * eps * p.lo / (mu * (1 - p.lo)) for p in tab.pieces[1:] if 0 < p.lo < 1 and p.kind & 1]
 
 
 def fixed_point_map(tab: TauTables, setting: EpsSetting, mu: Any) -> Any:

@@ -362,9 +362,42 @@ _U = sp.Symbol("u", real=True)
 
 
 @functools.lru_cache(maxsize=1024)
-def _combined_gmpy(exprs: tuple[sp.Expr, ...]) -> Callable[[Any], list[Any]]:
-    """One gmpy2 function of u returning every expression (common subexpressions computed once)."""
-    return sp.lambdify(_U, list(exprs), modules=[_gmpy_namespace(), "mpmath"], cse=True)
+def _combined_gmpy(exprs: tuple[sp.Expr, ...], prec: int) -> Callable[[Any], list[Any]]:
+    """One gmpy2 function of u returning every expression (common subexpressions computed once),
+    to be called at gmpy2 precision ``prec``.
+
+    Rational constants p/q are computed once, as ``mpfr(p) / mpfr(q)`` at that precision, instead
+    of at every call: the printed code ``mpf(p)/mpf(q)`` computes exactly that value, and a
+    negated constant ``-(p/q)`` equals ``(-p)/q`` under round-to-nearest, so every value is the
+    same to the last bit (the inner loop of the 2-D quadrature calls this once per node).
+    """
+    from sympy.printing.pycode import MpmathPrinter
+
+    consts: dict[str, Any] = {}
+    names: dict[tuple[int, int], str] = {}
+
+    class _Printer(MpmathPrinter):
+        def _print_Rational(self, e: sp.Rational) -> str:
+            key = (int(e.p), int(e.q))
+            if key not in names:
+                names[key] = f"_symbnmf_q{len(names)}"
+                with gmpy2.context(gmpy2.get_context(), precision=prec):
+                    consts[names[key]] = gmpy2.mpfr(key[0]) / gmpy2.mpfr(key[1])
+            return names[key]
+
+    ns = _gmpy_namespace()
+    # the settings lambdify gives its own printer for these modules
+    printer = _Printer(
+        {
+            "fully_qualified_modules": False,
+            "inline": True,
+            "allow_unknown_functions": True,
+            "user_functions": {k: k for k in ns},
+        }
+    )
+    fn = sp.lambdify(_U, list(exprs), modules=[ns, "mpmath"], cse=True, printer=printer)
+    fn.__globals__.update(consts)
+    return fn
 
 
 def _as_coordinate_function(f: Any) -> CoordinateFunction:
@@ -562,7 +595,7 @@ def _two_coordinates(
                     e1 = tuple(f1s[i].expr for i in need1)
                     e2 = tuple(f2s[j].expr for j in need2)
                     s1, s2 = _to_gmpy(A1), _to_gmpy(A2)
-                c1, c2 = _combined_gmpy(e1), _combined_gmpy(e2)
+                c1, c2 = _combined_gmpy(e1, mp.prec), _combined_gmpy(e2, mp.prec)
                 idx = list(zip(pos1, pos2))
 
                 def G(a: Any, b: Any, degree: int, nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
@@ -571,8 +604,8 @@ def _two_coordinates(
                         for st, w in theta_nodes(a, b, degree, nodes):
                             v1 = [w * v for v in c1(s1 * st)]
                             v2 = c2(s2 * st)
-                            for q, (i, j) in enumerate(idx):
-                                acc[q] += v1[i] * v2[j]
+                            # the same roundings as acc[q] += v1[i] * v2[j], without the index loop
+                            acc = [x + v1[i] * v2[j] for x, (i, j) in zip(acc, idx)]
                         return [_from_gmpy(gmpy2.mpfr(v)) for v in acc]
 
                 vals, err = _vquad(G, tpieces, nl, inner_rule, inner_tol)

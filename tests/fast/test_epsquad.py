@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 
 from symbnmf import evaluate
 from symbnmf._activations import get_activation
-from symbnmf._errors import ConvergenceError, SymbnmfError
+from symbnmf._errors import SymbnmfError
 from symbnmf.fast._epsquad import _endpoint_values, build_tables, fast_evaluate_eps
 from symbnmf.fast._fastquad import fast_evaluate
 from symbnmf.numeric._epsilon import evaluate_eps
@@ -91,15 +92,24 @@ def test_eps_zero_is_the_fast_path(act):
 
 
 @pytest.mark.slow
-def test_tables_inside_tau_with_kinks():
+@pytest.mark.parametrize(
+    ("B", "taus"),
+    [
+        (8, [0.005, 0.0129, 0.02, 0.03, 0.031, 0.3, 0.9]),
+        # cuts at 0.0029 and 0.006, grading points 0.018, 0.056, 0.20
+        (32, [0.001, 0.00291, 0.004, 0.00601, 0.01, 0.03, 0.1, 0.3, 0.9]),
+    ],
+)
+def test_tables_inside_tau_with_kinks(B, taus):
     """relu(beta + gamma t y) with beta != 0: the tables are split where the kink lines and their
-    corner leave the support of (y1, y2). At any tau, the eps = 0 formulas applied to the tables must
-    be the eps = 0 fast path of the activation relu(g x + beta) with g = gamma sqrt(tau) (whose
-    derivative carries the factor t, and whose Jacobian the full y y^T/B: K-sum times tau)."""
+    corner leave the support of (y1, y2), and graded next to those cuts. At any tau, the eps = 0
+    formulas applied to the tables must be the eps = 0 fast path of the activation relu(g x + beta)
+    with g = gamma sqrt(tau) (whose derivative carries the factor t, and whose Jacobian the full
+    y y^T/B: K-sum times tau)."""
     act = get_activation("relu")
-    B, gamma, beta = 8, 1.0, 0.3
+    gamma, beta = 1.0, 0.3
     tab = build_tables(act, B, [(gamma, beta)])
-    taus = np.array([0.005, 0.0129, 0.02, 0.03, 0.031, 0.3, 0.9])
+    taus = np.array(taus)
     ref = fast_evaluate("relu(g*x + 0.3)", B, g=gamma * np.sqrt(taus))
     for j, tau in enumerate(taus):
         v = {k: float(x[0]) for k, x in _endpoint_values(tab, np.array([0]), float(tau)).items()}
@@ -150,28 +160,113 @@ def test_kink_at_beta_refused():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=ConvergenceError,
-    strict=False,
-    reason="known gap (issue 12): at the tau where the corner of the two kink lines leaves the sphere the fixed "
-    "Gauss rules of the fast path miss rtol 1e-10 (B = 4: K.M.2 at tau = 1/4) and it raises instead of answering; "
-    "a wrong number still fails this test",
+@pytest.mark.parametrize(
+    ("B", "eps", "beta"),
+    [
+        (4, 0.1, 0.5),  # the corner of the two kink lines leaves the sphere at tau = 1/4
+        (8, 0.1, 0.5),
+        (4, 0.1, 1.0),  # ... at tau = 1 exactly: the last tau piece is singular at its end
+    ],
 )
-@pytest.mark.parametrize("B", [4, 8])
-def test_relu_beta_matches_mpmath(B):
-    """ReLU with beta != 0: the mpmath tables are split where the kink line and the corner of the two
-    kink lines leave the support of (y1, y2) (numeric._epsilon.exit_taus), as in the fast path."""
-    fast = fast_evaluate_eps("relu", B, eps=0.1, beta=0.5)
-    ref = evaluate_eps("relu", B, eps=0.1, beta=0.5)
+def test_relu_beta_matches_mpmath(B, eps, beta):
+    """ReLU with beta != 0: the tables are split where the kink line and the corner of the two kink
+    lines leave the support of (y1, y2) (numeric._epsilon.exit_taus) and graded next to those cuts
+    (graded_pieces), the chi-square rule is split at the s of the cuts. (The mpmath reference takes
+    10 to 40 minutes a point.)"""
+    fast = fast_evaluate_eps("relu", B, eps=eps, beta=beta)
+    ref = evaluate_eps("relu", B, eps=eps, beta=beta)
     _agree(fast, ref)
+
+
+def test_sqrt_map_resolves_square_root_singularities_at_or_near_the_ends():
+    """_sqrt_map: sqrt(x - a + da) and sqrt(b + db - x) are entire in the rule's variable, so 16
+    Gauss points integrate them (times an analytic factor) to rounding; plain Gauss-Legendre does
+    not (the reason for the map: a kink line's tangency or a corner near the sphere's edge)."""
+    import jax
+    import jax.numpy as jnp
+
+    from symbnmf.fast._fastquad import _sqrt_map
+
+    def exact(da, db):
+        with mpmath.workdps(30):
+            return mpmath.quad(lambda x: mpmath.sqrt(x + da) * mpmath.sqrt(1 + db - x) * mpmath.exp(x), [0, 1])
+
+    t, w = np.polynomial.legendre.leggauss(16)
+    with jax.enable_x64(True):
+        for da, db in [(0.0, 0.0), (0.0, 1.0), (1e-9, 1.0), (1e-6, 1e-7), (1.0, 1.0), (0.0, 1e-12)]:
+            x, wx = (np.asarray(v) for v in _sqrt_map(*(jnp.array([v]) for v in (0.0, 1.0, da, db)), t, w))
+            got = np.sum(np.sqrt(x + da) * np.sqrt(1 + db - x) * np.exp(x) * wx)
+            assert got == pytest.approx(float(exact(da, db)), rel=1e-14, abs=1e-15), (da, db)
+            assert np.all((x > 0) & (x < 1)) and np.all(wx > 0)
+        # empty piece: no nodes inside, zero weight
+        x, wx = _sqrt_map(*(jnp.array([v]) for v in (0.5, 0.5, 0.0, 0.0)), t, w)
+        assert np.all(np.asarray(wx) == 0)
+    plain = np.sum(np.sqrt((t + 1) / 2) * np.sqrt(1 - (t + 1) / 2) * np.exp((t + 1) / 2) * w / 2)
+    assert abs(plain - float(exact(0.0, 0.0))) > 1e-5
+
+
+def test_sphere_integrals_converge_next_to_a_corner_exit():
+    """Regression for the B = 4, beta = 0.5 failure: just inside tau = 1/4 the corner of the kink
+    lines y1 = y2 = -beta/(gamma t) lies just inside the support, the theta kink of y1 and the
+    tangency of y2 = k nearly coincide, and the inner integral's branch point sits just outside a
+    theta piece. The iterated rule must still agree with a rule twice as large to rounding."""
+    from symbnmf.fast._epsquad import _integrals
+
+    ev = _integrals(get_activation("relu").bound_expr, False, 1e-10)
+    ts = 0.5 + np.array([0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, -1e-6])
+    args = [ts, np.ones_like(ts), np.full_like(ts, 0.5)]
+    small, _ = ev._compute([4], args, ts.size, ((32, 28), (28, 24)))
+    large, _ = ev._compute([4], args, ts.size, ((64, 56), (32, 28)))
+    np.testing.assert_allclose(small, large, rtol=0, atol=1e-13)
+
+
+def test_chi_square_rule_split_at_the_breaks():
+    """_s_rule against mpmath for E g(tau(s)), s ~ chi^2_k, with g = sqrt|tau - tau_c| (the table
+    behaviour at a kink exit) and a second cut: 8 points a panel suffice once the rule is split at
+    s_c = B eps tau_c/(mu (1 - tau_c)) and mapped there; a grading point (map 0 above it) is no break."""
+    import jax
+    import jax.numpy as jnp
+
+    from symbnmf.fast._epsquad import _n_panels, _s_rule, chi2_rule
+
+    B, eps, mu, tc1, tc2, grade = 16, 0.5, 0.4, 0.0667, 0.1429, 0.4476
+    k = B - 1
+    panels = 16 * math.ceil(_n_panels(k) / 16)
+    tedges = jnp.array([[0.0, tc1, tc2, grade, 1.0]])
+    tmaps = jnp.array([[2, 3, 1, 0]])
+
+    def g(tau):
+        return np.sqrt(np.abs(tau - tc1)) + np.sqrt(np.abs(tau - tc2)) * tau
+
+    with jax.enable_x64(True):
+        vals = []
+        for n in (8, 12):
+            rule = chi2_rule(k, n, panels)
+            s, w = (
+                np.asarray(v)[0] for v in _s_rule(rule, float(B), jnp.array([eps]), jnp.array([mu]), tedges, tmaps, 8)
+            )
+            vals.append(np.sum(g(mu * s / (mu * s + B * eps)) * w))
+    half = mpmath.mpf(k) / 2
+    dens = lambda v: v ** (half - 1) * mpmath.exp(-v / 2) / (2**half * mpmath.gamma(half))
+    tau = lambda v: mu * v / (mu * v + B * eps)
+    gm = lambda v: (mpmath.sqrt(abs(tau(v) - tc1)) + mpmath.sqrt(abs(tau(v) - tc2)) * tau(v)) * dens(v)
+    breaks = [B * eps * c / (mu * (1 - c)) for c in (tc1, tc2)]
+    ref = float(mpmath.quad(gm, [0, *breaks, 40, 80, mpmath.inf]))
+    assert vals[0] == pytest.approx(ref, rel=1e-13)
+    assert vals[1] == pytest.approx(ref, rel=1e-13)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("B", "eps", "sw", "gamma", "beta"),
-    # (B = 32 and tanh with beta != 0 are not here: the mpmath reference's tau tables stop at 65
-    # Chebyshev nodes and raise ConvergenceError there; the fast path converges)
-    [(8, 0.1, 1.0, 1.0, 0.0), (8, 2.0, 1.0, 1.0, 0.0)],
+    [
+        (8, 0.1, 1.0, 1.0, 0.0),
+        (8, 2.0, 1.0, 1.0, 0.0),
+        (4, 0.1, 1.0, 1.5, 0.2),
+        # the poles of tanh(gamma sqrt(tau) y) reach tau ~ -pi^2/(4 gamma^2 (B - 1)) = -0.035: the
+        # mpmath tables need Chebyshev degree 64 (129 nodes) on [0, 1] (~10 minutes)
+        (32, 0.1, 1.0, 1.5, 0.0),
+    ],
 )
 def test_tanh_matches_mpmath(B, eps, sw, gamma, beta):
     fast = fast_evaluate_eps("tanh", B, eps=eps, weight_var=sw, gamma=gamma, beta=beta)

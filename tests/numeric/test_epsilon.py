@@ -11,12 +11,16 @@ import sympy as sp
 
 from symbnmf import evaluate
 from symbnmf._activations import get_activation
-from symbnmf._errors import SymbnmfError
+from symbnmf._errors import ConvergenceError, SymbnmfError
 from symbnmf.numeric._epsilon import (
     EpsSetting,
+    _clenshaw,
     collapse_boundary_eps,
     collapse_slope,
     evaluate_eps,
+    exit_taus,
+    fit_tables,
+    graded_pieces,
     tau_tables,
 )
 from symbnmf.symbolic._epsilon import chi2_resolvent
@@ -171,3 +175,71 @@ def test_chi2_resolvent_lemma():
 def test_bad_input(kw, msg):
     with pytest.raises(SymbnmfError, match=msg):
         evaluate_eps("relu", 4, **kw)
+
+
+@pytest.mark.parametrize("B", [4, 5, 8, 16, 32, 64, 256])
+@pytest.mark.parametrize("us", [(-0.5,), (0.2,), (-2,), (-1, 1), (-0.3, 0.5)])
+def test_graded_pieces(B, us):
+    """The tau pieces: every kink-line/corner exit is an edge carrying the square-root map on both
+    sides, and every other exit is at least 1/6 of a piece's length away from it (graded), so the
+    Chebyshev series of each piece converge geometrically at a B-independent rate."""
+    cuts = exit_taus([sp.Rational(str(u)) for u in us], B, upto_one=True)
+    edges, maps = graded_pieces(cuts, sp.Integer(1))
+    inner = [c for c in cuts if c < 1]
+    assert edges[0] == 0 and edges[-1] == 1 and edges == sorted(set(edges))
+    assert set(inner) <= set(edges)
+    for j, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        assert bool(maps[j] & 1) == (lo in inner)
+        assert bool(maps[j] & 2) == (hi in inner or (hi == 1 and 1 in cuts))
+        for c in inner:
+            if c not in (lo, hi):
+                assert min(abs(c - lo), abs(c - hi)) >= (hi - lo) / 6, (lo, hi, c)
+    if B == 32 and us == (-0.5,):
+        assert len(edges) > 4  # graded: the two cuts are 0.0081 and 0.0167
+
+
+def test_graded_pieces_exit_at_one():
+    """ReLU at B = 4, beta = gamma = 1: the corner of the kink lines leaves the sphere at tau = 1."""
+    cuts = exit_taus([sp.Integer(-1)], 4, upto_one=True)
+    assert cuts == [sp.Rational(1, 3), 1]
+    assert exit_taus([sp.Integer(-1)], 4) == [sp.Rational(1, 3)]
+    assert graded_pieces(cuts, sp.Integer(1)) == ([0, sp.Rational(1, 3), 1], [2, 3])
+
+
+def test_fit_tables_splits_a_piece_that_does_not_converge():
+    """A table with poles at tau = -c +- i c (c small, as tanh(gamma sqrt(tau) y) at large gamma^2 B)
+    needs more than degree 64 on [0, 1]: the piece is split towards 0 and then converges; with
+    the poles closer still it raises instead of returning a poor interpolant."""
+    with mpmath.workdps(20):
+        tol = mpmath.mpf(10) ** -13
+
+        def make(c):
+            calls = []
+
+            def at(tau):
+                calls.append(tau)
+                return {"f": 1 / ((tau + c) ** 2 + c * c), "g": mpmath.exp(tau)}
+
+            return at, calls
+
+        at, calls = make(mpmath.mpf("0.02"))
+        pieces, worst = fit_tables([mpmath.mpf(0), mpmath.mpf(1)], [0], at, ["f", "g"], tol, "test")
+        assert len(pieces) > 1 and pieces[0].lo == 0 and pieces[-1].hi == 1 and worst < tol * 3000
+        assert all(a.hi == b.lo for a, b in zip(pieces[:-1], pieces[1:]))
+        for tau in [mpmath.mpf(j) / 97 for j in range(98)]:
+            p = next(p for p in pieces if tau <= p.hi)
+            assert abs(_clenshaw(p.coeffs["f"], p.x(tau)) - 1 / ((tau + 0.02) ** 2 + 0.0004)) < 1e-9
+        at, _ = make(mpmath.mpf("1e-7"))
+        with pytest.raises(ConvergenceError, match="splits"):
+            fit_tables([mpmath.mpf(0), mpmath.mpf(1)], [0], at, ["f"], tol, "test")
+
+        # a piece with square-root ends (map 3): the split parts keep the map at their singular end
+        def at3(tau):
+            return {"f": mpmath.sqrt(tau * (1 - tau)) / ((tau + 0.02) ** 2 + 0.0004)}
+
+        pieces, _ = fit_tables([mpmath.mpf(0), mpmath.mpf(1)], [3], at3, ["f"], tol, "test")
+        assert len(pieces) > 1
+        assert pieces[0].kind == 1 and pieces[-1].kind == 2 and all(p.kind == 0 for p in pieces[1:-1])
+        for tau in [mpmath.mpf(j) / 97 for j in range(98)]:
+            p = next(p for p in pieces if tau <= p.hi)
+            assert abs(_clenshaw(p.coeffs["f"], p.x(tau)) - at3(tau)["f"]) < 1e-9
