@@ -160,6 +160,7 @@ def test_kink_at_beta_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the mpmath reference takes 10 to 40 minutes a point
 @pytest.mark.parametrize(
     ("B", "eps", "beta"),
     [
@@ -262,10 +263,10 @@ def test_chi_square_rule_split_at_the_breaks():
     [
         (8, 0.1, 1.0, 1.0, 0.0),
         (8, 2.0, 1.0, 1.0, 0.0),
-        (4, 0.1, 1.0, 1.5, 0.2),
+        pytest.param(4, 0.1, 1.0, 1.5, 0.2, marks=pytest.mark.long),
         # the poles of tanh(gamma sqrt(tau) y) reach tau ~ -pi^2/(4 gamma^2 (B - 1)) = -0.035: the
         # mpmath tables need Chebyshev degree 64 (129 nodes) on [0, 1] (~10 minutes)
-        (32, 0.1, 1.0, 1.5, 0.0),
+        pytest.param(32, 0.1, 1.0, 1.5, 0.0, marks=pytest.mark.long),
     ],
 )
 def test_tanh_matches_mpmath(B, eps, sw, gamma, beta):
