@@ -355,12 +355,19 @@ def simulate(
     n_dev = len(devices) if devices is not None else jax.device_count()
     plan = plan_chunks(cfg, K, memory_bytes=memory_bytes, devices=n_dev)
     _check_memory(plan.peak_bytes, B, N, L, K)
+    pending = None
+    if theory:  # the theory value is computed while the networks run (XLA releases the GIL)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="symbnmf-theory")
+        pending = pool.submit(theory_values, act, B, gamma=gamma, beta=beta, eps=eps)
+        pool.shutdown(wait=False)
     with jax.enable_x64(dtype == "float64"):
         raw = run_networks(
             cfg, phi, int(seed), K, chunk=chunk, memory_bytes=memory_bytes, progress=progress, devices=devices
         )
 
-    rec, reason = theory_values(act, B, gamma=gamma, beta=beta, eps=eps) if theory else (None, "theory not requested")
+    rec, reason = pending.result() if pending is not None else (None, "theory not requested")
     res = SimulationResult(
         settings={
             "activation": act.label,

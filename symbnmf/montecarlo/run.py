@@ -18,8 +18,11 @@ mesh ``("nets",)``); XLA partitions the vmapped computation, on CPU devices or a
 
 Compilation: the call width does not depend on the number of networks (small counts are rounded
 up to :data:`CHUNK_BUCKETS`; padding networks are computed and dropped), so any number of
-networks reuses one compiled program, and JAX's persistent compilation cache
-(:func:`symbnmf.fast.enable_compilation_cache`) keeps it across processes.
+networks reuses one compiled program, and symbnmf's executable cache
+(:mod:`symbnmf.fast._compile_cache`: the compiled program serialized whole, authenticated, keyed
+by ``NetConfig``, shapes, devices and a fingerprint of the code) keeps it across processes, so a
+repeated run neither traces nor compiles (the first one compiles without JAX's persistent cache,
+whose entries do not serialize again).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import jax
@@ -217,9 +220,8 @@ _EXECUTABLES_LOCK = threading.Lock()
 
 def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Callable:
     """The compiled call for ``size`` networks over ``devices``, compiled once per process (and
-    loaded from JAX's persistent cache when another process compiled it).  Thread-safe: a call
+    loaded from symbnmf's executable cache when another process compiled it, :func:`_load_or_compile`).  Thread-safe: a call
     that another thread is compiling (:func:`precompile`) waits for it instead of compiling twice."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     key = (cfg, phi, size, devices, jax.config.jax_enable_x64)  # type: ignore[attr-defined]
     with _EXECUTABLES_LOCK:
@@ -233,16 +235,65 @@ def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Cal
                     del _EXECUTABLES[k]
     if mine:
         try:
-            sharding = NamedSharding(Mesh(np.array(devices), ("nets",)), PartitionSpec("nets"))
-            spec = jax.ShapeDtypeStruct((size,), np.int32, sharding=sharding)
-            lowered = _compiled(cfg, phi).lower(spec, np.uint32(0))
-            fut.set_result(_compile(lowered))
+            fut.set_result(_load_or_compile(cfg, phi, size, devices))
         except BaseException as exc:
             fut.set_exception(exc)
             with _EXECUTABLES_LOCK:
                 _EXECUTABLES.pop(key, None)
             raise
     return fut.result()
+
+
+def _load_or_compile(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Any:
+    """The serialized executable of this call from symbnmf's cache (no tracing), else compiled
+    (through JAX's persistent cache) and stored. ``cfg.activation`` names φ, so ``cfg`` with the
+    shapes, devices, x64 and compiler options describes the program completely."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from symbnmf.fast import _compile_cache as _cc
+
+    key = _cc.executable_key(
+        {
+            "program": "symbnmf.montecarlo.run.network_pass",
+            "cfg": asdict(cfg),
+            "size": size,
+            "devices": [(d.platform, d.device_kind, d.id) for d in devices],
+            "x64": bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]
+            "options": COMPILER_OPTIONS,
+        }
+    )
+    fresh = _fresh_compilation(devices)
+    fn = _cc.load_executable(key, devices) if fresh is not None else None
+    if fn is not None:
+        jax.monitoring.record_event("/symbnmf/executable_cache/hit")
+        return fn
+    sharding = NamedSharding(Mesh(np.array(devices), ("nets",)), PartitionSpec("nets"))
+    spec = jax.ShapeDtypeStruct((size,), np.int32, sharding=sharding)
+    lowered = _compiled(cfg, phi).lower(spec, np.uint32(0))
+    if fresh is None:
+        return _compile(lowered)
+    # Compiled afresh, not read back from JAX's cache: an executable that JAX deserialized
+    # from its own cache serializes without its fused kernels ("Function ... not found").
+    jax.monitoring.record_event("/symbnmf/executable_cache/miss")
+    with fresh:
+        fn = _compile(lowered)
+    _cc.store_executable(key, fn)
+    return fn
+
+
+def _fresh_compilation(devices: tuple) -> Any:
+    """A context (this thread only) in which JAX compiles without its persistent cache, or None
+    where this JAX lacks the switch (then symbnmf's executable cache is not used). JAX decides
+    once per process whether its cache is in use, at the first compilation: that decision is
+    taken here first, outside the context, so other programs keep JAX's cache."""
+    try:
+        from jax._src import compilation_cache as jax_cc
+        from jax._src import config as jax_config
+
+        jax_cc.is_cache_used(devices[0].client)
+        return jax_config.enable_compilation_cache(False)
+    except Exception:
+        return None
 
 
 def precompile(

@@ -1,6 +1,7 @@
-"""JAX's persistent compilation cache (issue 14): the same simulation run twice in fresh
-processes compiles on the first run and only loads from the cache on the second; the cache lives
-under ``SYMBNMF_CACHE_DIR``; ``SYMBNMF_NO_COMPILE_CACHE=1`` turns it off."""
+"""The compilation caches (issue 14): the same simulation run twice in fresh processes compiles
+on the first run and only loads the serialized executable on the second (no tracing, no
+compilation); a tampered entry is ignored; the caches live under ``SYMBNMF_CACHE_DIR``;
+``SYMBNMF_NO_COMPILE_CACHE=1`` turns them off."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import json
 from jax import monitoring
 counts = {}
 monitoring.register_event_listener(lambda name, **kw: counts.__setitem__(name, counts.get(name, 0) + 1))
+monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: counts.__setitem__(name, counts.get(name, 0) + 1)
+)
 from symbnmf.montecarlo.networks import simulate
 r = simulate("relu", 4, 8, 3, 3, theory=False)
 print(json.dumps({"counts": counts, "grad_x": r.grad_x.tolist()}))
@@ -32,19 +36,45 @@ def _files(path) -> set[str]:
     return {os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs}
 
 
+EXE_HIT, EXE_MISS = "/symbnmf/executable_cache/hit", "/symbnmf/executable_cache/miss"
+TRACE, COMPILE = "/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration"
+
+
 def test_second_process_compiles_nothing(tmp_path):
+    """The first process compiles and stores the executable; the second loads it and neither
+    traces, lowers nor compiles anything (not even a lookup in JAX's own cache)."""
     env = dict(os.environ, SYMBNMF_CACHE_DIR=str(tmp_path))
     env.pop("SYMBNMF_NO_COMPILE_CACHE", None)
     first = _run(env)
-    files = _files(tmp_path / "jax")
-    assert first["counts"].get(MISS, 0) >= 1 and files
+    files = _files(tmp_path / "jax-exe")
+    assert first["counts"].get(EXE_MISS, 0) >= 1 and first["counts"].get(COMPILE, 0) >= 1 and files
     second = _run(env)
-    assert second["counts"].get(MISS, 0) == 0 and second["counts"].get(HIT, 0) >= 1, second["counts"]
-    assert _files(tmp_path / "jax") == files
+    c = second["counts"]
+    assert c.get(EXE_HIT, 0) >= 1 and c.get(EXE_MISS, 0) == 0, c
+    assert c.get(TRACE, 0) == 0 and c.get(COMPILE, 0) == 0 and c.get(MISS, 0) == 0 and c.get(HIT, 0) == 0, c
+    assert _files(tmp_path / "jax-exe") == files
     assert second["grad_x"] == first["grad_x"]
+
+
+def test_tampered_executable_is_not_loaded(tmp_path):
+    """An entry whose bytes were changed (or that another user's key signed) is never unpickled:
+    the run compiles afresh, gives the same numbers and replaces the entry."""
+    env = dict(os.environ, SYMBNMF_CACHE_DIR=str(tmp_path))
+    env.pop("SYMBNMF_NO_COMPILE_CACHE", None)
+    first = _run(env)
+    (entry,) = (tmp_path / "jax-exe").glob("*.exe")
+    blob = bytearray(entry.read_bytes())
+    blob[-100] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    second = _run(env)
+    assert second["counts"].get(EXE_HIT, 0) == 0 and second["counts"].get(EXE_MISS, 0) >= 1, second["counts"]
+    assert second["grad_x"] == first["grad_x"]
+    third = _run(env)
+    assert third["counts"].get(EXE_HIT, 0) >= 1 and third["grad_x"] == first["grad_x"]
 
 
 def test_opt_out(tmp_path):
     env = dict(os.environ, SYMBNMF_CACHE_DIR=str(tmp_path), SYMBNMF_NO_COMPILE_CACHE="1")
     out = _run(env)
-    assert out["counts"].get(HIT, 0) == 0 and not (tmp_path / "jax").exists()
+    assert out["counts"].get(HIT, 0) == 0 and out["counts"].get(EXE_HIT, 0) == 0
+    assert not (tmp_path / "jax").exists() and not (tmp_path / "jax-exe").exists()
