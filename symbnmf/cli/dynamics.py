@@ -29,14 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, default=0.0, help="BN beta at initialisation")
     parser.add_argument("--eps", type=float, default=0.0, help="BN variance offset epsilon")
     parser.add_argument("--theory-method", default="auto", choices=["auto", "closed-form", "quadrature", "fast"])
+    parser.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        default=None,
+        help="working memory, e.g. 512M or 2G (default: a quarter of the available RAM, at most 1G); networks "
+        "run in chunks that fit it (every layer rematerialised when one network does not), recorded in the JSON",
+    )
     parser.add_argument("--output", metavar="PREFIX", help="write PREFIX.json (summary) and PREFIX.png (figure)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object (the summary) on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
+    from symbnmf.cli.simulate import parse_size
     from symbnmf.experiments.dynamics import DynamicsConfig, measure_dynamics, write_figure
 
+    memory_bytes = parse_size(args.memory_budget)
     cfg = DynamicsConfig(
         depth=args.depth,
         batch_size=args.batch_size,
@@ -60,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         paths = {"json": prefix + ".json", "png": prefix + ".png"}
         for p in paths.values():
             check_output(p, args.force)  # refuse before spending CPU
-    res = measure_dynamics(cfg, theory_method=args.theory_method, progress=not args.json)
+    res = measure_dynamics(cfg, theory_method=args.theory_method, progress=not args.json, memory_bytes=memory_bytes)
     summary = res.summary()
     if paths is not None:
         write_text(paths["json"], json.dumps(summary, indent=1) + "\n", args.force)

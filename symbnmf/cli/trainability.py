@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="networks per cell (default 1); >1 trains them batched and sharded over all JAX devices",
     )
     parser.add_argument("--theory-method", default="auto", choices=["auto", "closed-form", "quadrature", "fast"])
+    parser.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        default=None,
+        help="working memory, e.g. 512M or 2G (default: a quarter of the available RAM, at most 1G); networks "
+        "run in chunks that fit it (every layer rematerialised when one network does not), recorded in the JSON",
+    )
     parser.add_argument("--output", default="trainability", help="output prefix: writes PREFIX.png and PREFIX.json")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.add_argument(
@@ -59,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         if prefix.endswith(suffix):
             prefix = prefix[: -len(suffix)]
     png, js = prefix + ".png", prefix + ".json"
+    from symbnmf.cli.simulate import parse_size
+
+    memory_bytes = parse_size(args.memory_budget)
     check_outputs([png, js], args.force)
     report = run_grid(
         args.depths,
@@ -75,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         theory_method=args.theory_method,
         progress=not args.json,
+        memory_bytes=memory_bytes,
     )
     write_figure(report, png)
     write_text(js, json.dumps(report, indent=1), args.force)

@@ -39,9 +39,11 @@ network learns (the loss falls, the directions of W change: for exploded layers
 orthogonality); gamma and beta are trained and not scale-invariant; RMSProp divides each step by
 the running gradient scale, so its step size does not grow with the gradient and (1) does not hold.
 
-The seeds are independent networks, vmapped and sharded over all JAX devices; network ``s`` uses
+The seeds are independent networks, vmapped and sharded over all JAX devices, in calls whose
+width is planned from a memory budget (:mod:`symbnmf.experiments._memory`); network ``s`` uses
 ``fold_in(PRNGKey(seed), s)`` and its own batch schedule, so its numbers do not depend on the
-chunking or the number of devices.
+number of calls or of devices (bit-identical at the same call width; a narrower call, forced by a
+small budget, rounds differently in float32).
 """
 
 from __future__ import annotations
@@ -167,15 +169,29 @@ def _layer_sums(a: dict, b: dict) -> Any:
 _COMPILED: dict[tuple, Callable] = {}
 
 
-def _compiled_dynamics(cfg: DynamicsConfig, d_in: int, n_out: int) -> Callable:
-    """jit(vmap over networks) of one network's training with per-step records (cached per shape)."""
-    key = (cfg.activation, float(cfg.eps), cfg.optimizer, d_in, cfg.width, cfg.depth, n_out, cfg.gamma, cfg.beta)
+def _compiled_dynamics(cfg: DynamicsConfig, d_in: int, n_out: int, remat: bool = False) -> Callable:
+    """jit(vmap over networks) of one network's training with per-step records (cached per shape).
+
+    ``remat``: each layer of the forward pass is ``jax.checkpoint``-ed (the backward pass stores
+    only the layer inputs)."""
+    key = (
+        cfg.activation,
+        float(cfg.eps),
+        cfg.optimizer,
+        d_in,
+        cfg.width,
+        cfg.depth,
+        n_out,
+        cfg.gamma,
+        cfg.beta,
+        bool(remat),
+    )
     if key in _COMPILED:
         return _COMPILED[key]
     import jax
     import jax.numpy as jnp
 
-    forward = _make_forward(_phi(cfg.activation), cfg.eps)
+    forward = _make_forward(_phi(cfg.activation), cfg.eps, remat=remat)
     L, N = cfg.depth, cfg.width
 
     def loss_fn(p, pert, xb, yb):
@@ -215,10 +231,48 @@ def _compiled_dynamics(cfg: DynamicsConfig, d_in: int, n_out: int) -> Callable:
     return fn
 
 
-def _bytes_per_network(cfg: DynamicsConfig, d_in: int) -> int:
-    """Rough peak memory of one network: params, gradients, optimiser state, updates, activations."""
-    n_par = d_in * cfg.width + (cfg.depth - 1) * cfg.width**2 + 10 * cfg.width
-    return 4 * (6 * n_par + 12 * cfg.depth * cfg.batch_size * cfg.width)
+def record_floats(cfg: DynamicsConfig) -> int:
+    """Floats of the per-step records of one network: (steps + 1) x (6 (L+1) + L + 1)."""
+    return (cfg.steps + 1) * (len(RECORDS) * (cfg.depth + 1) + cfg.depth + 1)
+
+
+def bytes_per_network(cfg: DynamicsConfig, d_in: int = 64, n_out: int = 10, remat: bool = False) -> int:
+    """Upper estimate of one network's working memory inside a call (bytes; float32).
+
+    Parameters, initial parameters, gradients, optimiser state, update and updated parameters
+    (:data:`symbnmf.experiments._memory.PARAM_COPIES` copies), the activations one step's
+    backward pass stores (all of them, or with ``remat`` the layer inputs), and the per-step
+    records the call returns (checked against XLA's ``memory_analysis`` in the tests).
+    """
+    from symbnmf.experiments import _memory as M
+
+    P = M.n_params(d_in, cfg.width, cfg.depth, n_out)
+    step = M.step_bytes(d_in, cfg.width, cfg.depth, n_out, cfg.batch_size, remat, perturb=True)
+    return M.PARAM_COPIES * M.F32 * P + step + M.F32 * record_floats(cfg) + M.F32 * (cfg.steps + 1) * cfg.batch_size
+
+
+def plan_memory(
+    cfg: DynamicsConfig,
+    ds: Dataset | None = None,
+    *,
+    memory_bytes: int | None = None,
+    devices: int = 1,
+    chunk: int | None = None,
+) -> Any:
+    """The :class:`symbnmf.experiments._memory.MemoryPlan` of :func:`measure_dynamics` (calls, width, remat)."""
+    from symbnmf.experiments import _memory as M
+
+    d_in, n_out = (64, 10) if ds is None else (ds.x_train.shape[1], ds.n_classes)
+    shared = 0 if ds is None else ds.x_train.nbytes + ds.y_train.nbytes
+    return M.plan_networks(
+        int(cfg.seeds),
+        lambda remat: bytes_per_network(cfg, d_in, n_out, remat),
+        kept_per_network=8 * record_floats(cfg),  # float64 on the host
+        shared_bytes=shared,
+        memory_bytes=memory_bytes,
+        devices=devices,
+        chunk=chunk,
+    )
 
 
 def _run_networks(
@@ -226,10 +280,16 @@ def _run_networks(
     ds: Dataset,
     *,
     devices: Any = None,
-    memory_bytes: int = 1 << 30,
+    memory_bytes: int | None = None,
+    chunk: int | None = None,
     progress: bool = False,
-) -> dict[str, np.ndarray]:
-    """All ``cfg.seeds`` networks, in chunks whose networks axis is sharded over ``devices`` (default all)."""
+) -> tuple[dict[str, np.ndarray], Any]:
+    """All ``cfg.seeds`` networks, in calls planned from the memory budget (:func:`plan_memory`),
+    each call's networks axis sharded over ``devices`` (default all); returns (records, plan).
+
+    Each call returns only the per-step records of its networks, copied into preallocated host
+    arrays (float64) while the next call runs; padding networks of the last call are dropped.
+    """
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -237,39 +297,48 @@ def _run_networks(
     devs = list(devices) if devices is not None else jax.devices()
     nd = len(devs)
     d_in = ds.x_train.shape[1]
-    fn = _compiled_dynamics(cfg, d_in, ds.n_classes)
-    S = int(cfg.seeds)
-    chunk = max(1, memory_bytes // _bytes_per_network(cfg, d_in))
-    chunk = min(chunk, S)
-    nchunks = -(-S // chunk)
-    chunk = -(-S // nchunks)
-    chunk = -(-chunk // nd) * nd  # a multiple of the device count (padding networks are discarded)
+    plan = plan_memory(cfg, ds, memory_bytes=memory_bytes, devices=nd, chunk=chunk)
+    fn = _compiled_dynamics(cfg, d_in, ds.n_classes, plan.remat)
+    S, size = int(cfg.seeds), plan.chunk
     sharding = NamedSharding(Mesh(np.array(devs), ("nets",)), PartitionSpec("nets"))
     base = jax.random.PRNGKey(cfg.seed)
     n = len(ds.y_train)
     xtr, ytr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-    out: dict[str, list[np.ndarray]] = {}
+    lr = jnp.float32(cfg.lr)
+    out: dict[str, np.ndarray] = {}
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=S, desc="networks", unit="net", leave=False, file=sys.stderr)
+
+    def collect(lo: int, res: dict[str, Any]) -> None:
+        k = min(size, S - lo)
+        for name, v in res.items():
+            if name not in out:  # preallocated: no list of chunks, no concatenate copy
+                out[name] = np.empty((S, *v.shape[1:]), dtype=np.float64)
+            out[name][lo : lo + k] = np.asarray(v)[:k]
+        if bar is not None:
+            bar.update(k)
+
     try:
-        for c in range(nchunks):
-            ids = range(c * chunk, (c + 1) * chunk)
+        pending = None  # dispatch call c+1 before copying call c's records to the host
+        for c in range(plan.nchunks):
+            ids = range(c * size, (c + 1) * size)  # ids >= S are padding, computed and dropped
             keys = np.stack([np.asarray(jax.random.fold_in(base, s)) for s in ids])
             idx = np.stack(
                 [_batch_schedule(n, cfg.batch_size, cfg.steps + 1, np.random.default_rng([cfg.seed, s])) for s in ids]
             )
-            res = fn(jax.device_put(keys, sharding), jax.device_put(idx, sharding), xtr, ytr, jnp.float32(cfg.lr))
-            for k, v in res.items():
-                out.setdefault(k, []).append(np.asarray(v, dtype=np.float64))
-            if bar is not None:
-                bar.update(min(chunk, S - c * chunk))
+            res = fn(jax.device_put(keys, sharding), jax.device_put(idx, sharding), xtr, ytr, lr)
+            if pending is not None:
+                collect(*pending)
+            pending = (c * size, res)
+        if pending is not None:
+            collect(*pending)
     finally:
         if bar is not None:
             bar.close()
-    return {k: np.concatenate(v)[:S] for k, v in out.items()}
+    return out, plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +416,7 @@ class DynamicsResult:
     theory_reason: str | None
     devices: int
     seconds: float
+    memory: dict[str, Any] | None = None  # the memory plan (:meth:`MemoryPlan.to_json`)
 
     @property
     def L(self) -> int:
@@ -497,6 +567,7 @@ class DynamicsResult:
             "layers": [f"W{l}" for l in range(1, L + 1)] + ["readout"],
             "devices": self.devices,
             "seconds": round(self.seconds, 2),
+            **({"memory": self.memory} if self.memory is not None else {}),
             "steps": grid,
             "per_step": per_step,
             "first_step": first,
@@ -517,7 +588,7 @@ def measure_dynamics(
     *,
     devices: Any = None,
     theory_method: str | None = "auto",
-    memory_bytes: int = 1 << 30,
+    memory_bytes: int | None = None,
     progress: bool = False,
 ) -> DynamicsResult:
     """Train ``config.seeds`` BN networks on digits and record, at every step 0..K, per layer:
@@ -527,20 +598,32 @@ def measure_dynamics(
     network s uses ``fold_in(PRNGKey(seed), s)`` and the batch schedule of ``default_rng([seed, s])``.
     ``theory_method`` (None: skip) selects the front-door method for lambda_down_G = backward.G
     of phi(gamma x + beta) at B (Thm 3.9/3.10), the step-0 growth factor of ||grad W^l||^2.
+
+    Memory is bounded by ``memory_bytes`` (default: a quarter of the available RAM, at most
+    1 GiB; :mod:`symbnmf.experiments._memory`): the networks run in calls of a width that fits
+    it, each returning only its networks' records; when one network per device does not fit,
+    every layer is rematerialised (``jax.checkpoint``). The plan is ``result.memory``. A network's
+    records are bit-identical for any number of seeds >= the call width (8 per device) and any
+    budget that holds one call of that width; a narrower call or remat changes them by float32
+    rounding only.
     """
+    from symbnmf.experiments._memory import check_available, resolve_budget
+
     cfg = config.validate()
+    memory_bytes = resolve_budget(memory_bytes)
     ds = dataset if dataset is not None else load_digits()
     if cfg.batch_size > len(ds.y_train):
         raise SymbnmfError(
             f"batch size {cfg.batch_size} exceeds the {len(ds.y_train)} training samples; use a smaller one"
         )
-    lam, reason = (None, "theory not requested") if theory_method is None else _theory_lambda(cfg, theory_method)
     import jax
 
-    t0 = time.perf_counter()
-    recs = _run_networks(cfg, ds, devices=devices, memory_bytes=memory_bytes, progress=progress)
     nd = len(list(devices)) if devices is not None else jax.device_count()
-    return DynamicsResult(cfg, recs, lam, reason, nd, time.perf_counter() - t0)
+    check_available(plan_memory(cfg, ds, memory_bytes=memory_bytes, devices=nd), "this dynamics run")
+    lam, reason = (None, "theory not requested") if theory_method is None else _theory_lambda(cfg, theory_method)
+    t0 = time.perf_counter()
+    recs, plan = _run_networks(cfg, ds, devices=devices, memory_bytes=memory_bytes, progress=progress)
+    return DynamicsResult(cfg, recs, lam, reason, nd, time.perf_counter() - t0, plan.to_json())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,11 +199,14 @@ def _init_params(key: Any, d_in: int, width: int, depth: int, n_out: int, gamma:
     }
 
 
-def _make_forward(phi: Callable, eps: float) -> Callable:
+def _make_forward(phi: Callable, eps: float, remat: bool = False) -> Callable:
     """forward(params, x, perturb=None, stats=None) -> (logits, per-layer (mean, var)).
 
     ``perturb`` (depth, B, N) is added to each x^l, so d loss/d perturb = d loss/d x^l.
     ``stats`` (means, vars) of shape (depth, N) replace the batch statistics (test mode).
+    ``remat``: every layer is ``jax.checkpoint``-ed, so a backward pass stores only the layer
+    inputs and recomputes each layer's intermediates (memory ~ depth B N instead of ~8 depth B N;
+    the same numbers up to float32 rounding).
     """
     import jax
     import jax.numpy as jnp
@@ -217,10 +220,16 @@ def _make_forward(phi: Callable, eps: float) -> Callable:
         z = (h - mean) * jax.lax.rsqrt(var + eps)
         return phi(g * z + b), (mean, var)
 
+    def first(x, w, g, b, stat):
+        return bn_act(x @ w, g, b, stat)
+
+    if remat:
+        first = jax.checkpoint(first)
+
     def forward(params, x, perturb=None, stats=None):
         depth = params["gamma"].shape[0]
         s0 = None if stats is None else (stats[0][0], stats[1][0])
-        x, st0 = bn_act(x @ params["w_in"], params["gamma"][0], params["beta"][0], s0)
+        x, st0 = first(x, params["w_in"], params["gamma"][0], params["beta"][0], s0)
         if perturb is not None:
             x = x + perturb[0]
         if depth > 1:
@@ -237,6 +246,8 @@ def _make_forward(phi: Callable, eps: float) -> Callable:
                     y = y + s["p"]
                 return y, st
 
+            if remat:
+                body = jax.checkpoint(body)
             x, (ms, vs) = jax.lax.scan(body, x, xs)
             means = jnp.concatenate([st0[0][None], ms])
             varis = jnp.concatenate([st0[1][None], vs])
@@ -281,17 +292,17 @@ def optimizer_update(optimizer: str, params: Any, state: Any, grads: Any, lr: An
     raise SymbnmfError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
-_COMPILED: dict[tuple, tuple[Callable, Callable]] = {}
+_COMPILED: dict[tuple, Any] = {}
 
 
-def _compiled_trainer(activation: str, eps: float, optimizer: str) -> tuple[Callable, Callable]:
-    key = (activation, float(eps), optimizer)
+def _compiled_trainer(activation: str, eps: float, optimizer: str, remat: bool = False) -> tuple[Callable, Callable]:
+    key = (activation, float(eps), optimizer, bool(remat))
     if key in _COMPILED:
         return _COMPILED[key]
     import jax
     import jax.numpy as jnp
 
-    forward = _make_forward(_phi(activation), eps)
+    forward = _make_forward(_phi(activation), eps, remat=remat)
 
     def loss_fn(params, xb, yb):
         logits, _ = forward(params, xb)
@@ -311,6 +322,15 @@ def _compiled_trainer(activation: str, eps: float, optimizer: str) -> tuple[Call
         (p, _), losses = jax.lax.scan(step, (params, opt0), idx)
         return p, losses
 
+    evaluate = _make_evaluate(forward)
+    fns = (jax.jit(train), jax.jit(evaluate))
+    _COMPILED[key] = fns
+    return fns
+
+
+def _make_evaluate(forward: Callable) -> Callable:
+    import jax.numpy as jnp
+
     def evaluate(params, x_train, y_train, x_test, y_test):
         _, stats = forward(params, x_train)  # population statistics of the training set
         acc = []
@@ -319,29 +339,86 @@ def _compiled_trainer(activation: str, eps: float, optimizer: str) -> tuple[Call
             acc.append(jnp.mean(jnp.argmax(logits, axis=1) == ys))
         return acc[0], acc[1]
 
-    fns = (jax.jit(train), jax.jit(evaluate))
-    _COMPILED[key] = fns
-    return fns
+    return evaluate
 
 
-def train_network(dataset: Dataset, config: TrainConfig) -> TrainResult:
+def bytes_per_network(config: TrainConfig, dataset: Dataset | None = None, remat: bool = False) -> int:
+    """Upper estimate of one network's working memory in a call of :func:`train_networks` (bytes; float32).
+
+    Parameters, gradients, optimiser state and updated parameters
+    (:data:`symbnmf.experiments._memory.PARAM_COPIES_TRAIN` copies), the activations one step's backward
+    pass stores (all of them, or with ``remat`` the layer inputs), the batch schedule and the
+    per-step losses, and the evaluation on the training and test sets (checked against XLA's
+    ``memory_analysis`` in the tests).
+    """
+    from symbnmf.experiments import _memory as M
+
+    d_in, n_out, n_eval = (64, 10, 1347) if dataset is None else _shape(dataset)
+    c = config
+    P = M.n_params(d_in, c.width, c.depth, n_out)
+    return (
+        M.PARAM_COPIES_TRAIN * M.F32 * P
+        + M.step_bytes(d_in, c.width, c.depth, n_out, c.batch_size, remat)
+        + M.eval_bytes(d_in, c.width, n_out, n_eval)
+        + M.F32 * c.steps * (c.batch_size + 1)
+    )
+
+
+def _shape(ds: Dataset) -> tuple[int, int, int]:
+    return ds.x_train.shape[1], ds.n_classes, max(len(ds.y_train), len(ds.y_test))
+
+
+def plan_training(
+    dataset: Dataset | None,
+    config: TrainConfig,
+    networks: int,
+    *,
+    memory_bytes: int | None = None,
+    devices: int = 1,
+    chunk: int | None = None,
+) -> Any:
+    """The :class:`symbnmf.experiments._memory.MemoryPlan` of :func:`train_networks` for ``networks`` seeds."""
+    from symbnmf.experiments import _memory as M
+
+    shared = 0
+    if dataset is not None:
+        shared = sum(a.nbytes for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
+    return M.plan_networks(
+        networks,
+        lambda remat: bytes_per_network(config, dataset, remat),
+        kept_per_network=8 * (config.steps + 2),
+        shared_bytes=shared,
+        memory_bytes=memory_bytes,
+        devices=devices,
+        chunk=chunk,
+    )
+
+
+def train_network(dataset: Dataset, config: TrainConfig, *, memory_bytes: int | None = None) -> TrainResult:
     """Train one BN network from its random initialisation for ``config.steps`` steps; return accuracies.
 
     Mini-batches of ``config.batch_size`` are drawn by seeded epoch permutations; BN uses the
     mini-batch statistics in training and the training set's population statistics at test time.
     A run whose loss becomes non-finite is reported as ``diverged`` (its accuracies are still
-    those of the final parameters, typically chance).
+    those of the final parameters, typically chance). When the network's estimated working set
+    exceeds ``memory_bytes`` (default: a quarter of the available RAM, at most 1 GiB), every layer
+    is rematerialised in the backward pass (``jax.checkpoint``; float32 rounding only).
     """
     import jax
     import jax.numpy as jnp
 
+    from symbnmf.experiments._memory import check_available, check_budget
+
     cfg = config.validate()
+    memory_bytes = check_budget(memory_bytes)
     if cfg.batch_size > len(dataset.y_train):
         raise SymbnmfError(
             f"batch size {cfg.batch_size} exceeds the {len(dataset.y_train)} training samples; use a smaller one"
         )
+    plan = plan_training(dataset, cfg, 1, memory_bytes=memory_bytes)
+    check_available(plan, "this training run")
     t0 = time.perf_counter()
-    train, evaluate = _compiled_trainer(cfg.activation, cfg.eps, cfg.optimizer)
+    train, evaluate = _compiled_trainer(cfg.activation, cfg.eps, cfg.optimizer, plan.remat)
     key = jax.random.PRNGKey(cfg.seed)
     params = _init_params(key, dataset.x_train.shape[1], cfg.width, cfg.depth, dataset.n_classes, cfg.gamma, cfg.beta)
     idx = _batch_schedule(len(dataset.y_train), cfg.batch_size, cfg.steps, np.random.default_rng(cfg.seed))
@@ -355,37 +432,58 @@ def train_network(dataset: Dataset, config: TrainConfig) -> TrainResult:
     return TrainResult(cfg, float(test_acc), float(train_acc), float(np.mean(tail)), diverged, time.perf_counter() - t0)
 
 
-def _batched_trainer(activation: str, eps: float, optimizer: str) -> tuple[Callable, Callable]:
-    """jit(vmap) over a leading networks axis of the trainer and evaluator of :func:`_compiled_trainer`."""
-    key = ("batched", activation, float(eps), optimizer)
+def _chunk_trainer(cfg: TrainConfig, d_in: int, n_out: int, remat: bool) -> Callable:
+    """jit(vmap over networks) of init + training + evaluation of one network: returns only its
+    per-step losses and its test and train accuracies (the parameters never leave the call)."""
+    key = ("chunk", cfg.activation, float(cfg.eps), cfg.optimizer, bool(remat), d_in, cfg.width, cfg.depth, n_out)
     if key not in _COMPILED:
         import jax
 
-        train, evaluate = _compiled_trainer(activation, eps, optimizer)
-        _COMPILED[key] = (
-            jax.jit(jax.vmap(train, in_axes=(0, None, None, 0, None))),
-            jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None))),
-        )
+        train, _ = _compiled_trainer(cfg.activation, cfg.eps, cfg.optimizer, remat)
+        evaluate = _make_evaluate(_make_forward(_phi(cfg.activation), cfg.eps))
+        width, depth = cfg.width, cfg.depth
+
+        def one(rng_key, idx, gamma, beta, x_train, y_train, x_test, y_test, lr):
+            params = _init_params(rng_key, d_in, width, depth, n_out, gamma, beta)
+            params, losses = train(params, x_train, y_train, idx, lr)
+            test_acc, train_acc = evaluate(params, x_train, y_train, x_test, y_test)
+            return losses, test_acc, train_acc
+
+        _COMPILED[key] = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None, None, None, None, None)))
     return _COMPILED[key]
 
 
 def train_networks(
-    dataset: Dataset, config: TrainConfig, seeds: Sequence[int], *, devices: Any = None
+    dataset: Dataset,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    devices: Any = None,
+    memory_bytes: int | None = None,
 ) -> list[TrainResult]:
     """Train one network per seed of ``seeds`` (``config`` otherwise shared), batched and sharded.
 
     Network ``s`` is the network :func:`train_network` trains with ``config.seed = s`` (same
     initial weights ``PRNGKey(s)``, same batch schedule); the networks are vmapped, and their
-    axis is sharded over ``devices`` (default: all JAX devices; the list of seeds is padded to a
-    multiple of the device count and the padding discarded), so a GPU or a multi-device host runs
-    them in parallel. Results agree with :func:`train_network` up to float32 rounding (batched
-    matrix products may round differently). ``seconds`` of each result is the batch's wall time.
+    axis is sharded over ``devices`` (default: all JAX devices), so a GPU or a multi-device host
+    runs them in parallel. Memory is bounded by ``memory_bytes`` (default: a quarter of the
+    available RAM, at most 1 GiB): the seeds run in calls of a width that fits it
+    (:func:`plan_training`; the last call is padded with repeats of the last seed, discarded),
+    each call returning only its networks' losses and accuracies; when one network per device
+    does not fit, every layer is rematerialised (``jax.checkpoint``). Results agree with
+    :func:`train_network` up to float32 rounding (batched matrix products may round
+    differently); a network's results are bit-identical at the same call width (8 per device, fewer
+    for fewer seeds or a small budget), equal to float32 rounding otherwise. ``seconds`` of
+    each result is the wall time of all the calls.
     """
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    from symbnmf.experiments._memory import check_available, resolve_budget
+
     cfg = config.validate()
+    memory_bytes = resolve_budget(memory_bytes)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise SymbnmfError("no seeds given; pass at least one")
@@ -393,28 +491,55 @@ def train_networks(
         raise SymbnmfError(
             f"batch size {cfg.batch_size} exceeds the {len(dataset.y_train)} training samples; use a smaller one"
         )
-    t0 = time.perf_counter()
     devs = list(devices) if devices is not None else jax.devices()
-    padded = seeds + [seeds[-1]] * (-len(seeds) % len(devs))
+    plan = plan_training(dataset, cfg, len(seeds), memory_bytes=memory_bytes, devices=len(devs))
+    check_available(plan, "this training run")
+    t0 = time.perf_counter()
+    size = plan.chunk
+    padded = seeds + [seeds[-1]] * (plan.chunk * plan.nchunks - len(seeds))
     sharding = NamedSharding(Mesh(np.array(devs), ("nets",)), PartitionSpec("nets"))
-    train, evaluate = _batched_trainer(cfg.activation, cfg.eps, cfg.optimizer)
     d_in, n = dataset.x_train.shape[1], len(dataset.y_train)
-    init = jax.vmap(lambda k: _init_params(k, d_in, cfg.width, cfg.depth, dataset.n_classes, cfg.gamma, cfg.beta))
-    keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in padded])
-    params = init(jax.device_put(keys, sharding))
-    idx = np.stack([_batch_schedule(n, cfg.batch_size, cfg.steps, np.random.default_rng(s)) for s in padded])
+    fn = _chunk_trainer(cfg, d_in, dataset.n_classes, plan.remat)
     xtr, ytr = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     xte, yte = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
-    params, losses = train(params, xtr, ytr, jax.device_put(idx, sharding), jnp.float32(cfg.lr))
-    test_acc, train_acc = (np.asarray(a) for a in evaluate(params, xtr, ytr, xte, yte))
-    losses = np.asarray(losses)
+    f32 = jnp.float32
+    S = len(seeds)
+    losses = np.empty((S, cfg.steps), np.float32)
+    test_acc, train_acc = np.empty(S), np.empty(S)
+
+    def collect(lo: int, res: tuple) -> None:
+        k = min(size, S - lo)
+        ls, te, tr = (np.asarray(a)[:k] for a in res)
+        losses[lo : lo + k], test_acc[lo : lo + k], train_acc[lo : lo + k] = ls, te, tr
+
+    pending = None  # dispatch call c+1 before copying call c's results to the host
+    for c in range(plan.nchunks):
+        ids = padded[c * size : (c + 1) * size]
+        keys = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in ids])
+        idx = np.stack([_batch_schedule(n, cfg.batch_size, cfg.steps, np.random.default_rng(s)) for s in ids])
+        res = fn(
+            jax.device_put(keys, sharding),
+            jax.device_put(idx, sharding),
+            f32(cfg.gamma),
+            f32(cfg.beta),
+            xtr,
+            ytr,
+            xte,
+            yte,
+            f32(cfg.lr),
+        )
+        if pending is not None:
+            collect(*pending)
+        pending = (c * size, res)
+    if pending is not None:
+        collect(*pending)
     dt = time.perf_counter() - t0
     out = []
     for i, s in enumerate(seeds):
         tail = losses[i, -max(1, losses.shape[1] // 10) :]
         diverged = not bool(np.all(np.isfinite(losses[i])))
-        c = replace(cfg, seed=s)
-        out.append(TrainResult(c, float(test_acc[i]), float(train_acc[i]), float(np.mean(tail)), diverged, dt))
+        cs = replace(cfg, seed=s)
+        out.append(TrainResult(cs, float(test_acc[i]), float(train_acc[i]), float(np.mean(tail)), diverged, dt))
     return out
 
 
@@ -465,7 +590,8 @@ def gradient_growth(
     fit_layers: tuple[int, int] | None = None,
     dataset: Dataset | None = None,
     seed: int = 0,
-    chunk: int = 16,
+    chunk: int | None = None,
+    memory_bytes: int | None = None,
 ) -> GradientGrowth:
     """Measure the per-layer growth of ||d loss/d x^l||^2 in freshly initialised networks (dense W).
 
@@ -477,10 +603,19 @@ def gradient_growth(
     [depth//4 + 1, depth - 4], away from the input (forward not yet at the BSB1 fixed point)
     and the output (non-G components not yet decayed). This is a minimal in-training
     measurement, not a general simulator (see :mod:`symbnmf.montecarlo.networks`).
+
+    The networks run in calls planned from ``memory_bytes`` (default: a quarter of the available
+    RAM, at most 1 GiB; ``chunk`` forces the networks per call), each returning only the
+    per-layer squared norms; network k's initial weights (``split(PRNGKey(seed + 7919),
+    n_networks)[k]``) and batch (the k-th draw of ``default_rng(seed)``) do not depend on the
+    chunking. ``extra["memory"]`` records the plan.
     """
     import jax
     import jax.numpy as jnp
 
+    from symbnmf.experiments import _memory as M
+
+    memory_bytes = M.check_budget(memory_bytes)
     TrainConfig(  # validates the arguments
         depth=depth,
         batch_size=batch_size,
@@ -491,13 +626,22 @@ def gradient_growth(
         eps=eps,
         seed=seed,
     ).validate()
-    if n_networks < 2:
+    if isinstance(n_networks, bool) or int(n_networks) != n_networks or n_networks < 2:
         raise SymbnmfError(f"need at least 2 networks for an error bar, got {n_networks}")
     lo, hi = fit_layers if fit_layers is not None else (depth // 4 + 1, depth - 4)
     if not (1 <= lo < hi <= depth):
         raise SymbnmfError(f"fit window {lo}..{hi} must satisfy 1 <= lo < hi <= depth={depth}; use a deeper network")
     ds = dataset if dataset is not None else load_digits()
-    forward = _make_forward(_phi(activation), eps)
+    d_in, n_out = ds.x_train.shape[1], ds.n_classes
+    P = M.n_params(d_in, width, depth, n_out)
+    plan = M.plan_networks(
+        int(n_networks),
+        lambda remat: M.F32 * P + M.step_bytes(d_in, width, depth, n_out, batch_size, remat, perturb=True),
+        kept_per_network=8 * depth,
+        memory_bytes=memory_bytes,
+        chunk=chunk,
+    )
+    forward = _make_forward(_phi(activation), eps, remat=plan.remat)
 
     def sq_norms(key, xb, yb):
         params = _init_params(key, ds.x_train.shape[1], width, depth, ds.n_classes, gamma, beta)
@@ -512,16 +656,20 @@ def gradient_growth(
 
     fn = jax.jit(jax.vmap(sq_norms))
     rng = np.random.default_rng(seed)
-    chunk = max(1, min(int(chunk), n_networks))
-    n_padded = -(-n_networks // chunk) * chunk  # equal chunks: one compilation
-    keys = jax.random.split(jax.random.PRNGKey(seed + 7919), n_padded)
-    out = []
+    size, n_padded = plan.chunk, plan.chunk * plan.nchunks  # equal calls: one compilation
+    keys = np.asarray(jax.random.split(jax.random.PRNGKey(seed + 7919), n_networks))
     n = len(ds.y_train)
-    for s in range(0, n_padded, chunk):
-        k = keys[s : s + chunk]
-        idx = np.stack([rng.choice(n, batch_size, replace=False) for _ in range(chunk)])
-        out.append(np.asarray(fn(k, jnp.asarray(ds.x_train[idx]), jnp.asarray(ds.y_train[idx])), dtype=np.float64))
-    sq = np.concatenate(out)[:n_networks]  # (n_networks, depth)
+    batches = np.stack([rng.choice(n, batch_size, replace=False) for _ in range(n_networks)])
+    keys = np.concatenate([keys, np.repeat(keys[-1:], n_padded - n_networks, axis=0)])  # padding, dropped
+    batches = np.concatenate([batches, np.repeat(batches[-1:], n_padded - n_networks, axis=0)])
+    sq = np.empty((n_networks, depth))
+    for s in range(0, n_padded, size):
+        idx = batches[s : s + size]
+        res = np.asarray(
+            fn(jnp.asarray(keys[s : s + size]), jnp.asarray(ds.x_train[idx]), jnp.asarray(ds.y_train[idx]))
+        )
+        k = min(size, n_networks - s)
+        sq[s : s + k] = res[:k]
 
     # log of the mean, computed with a per-layer scale to avoid overflow in float32 sums
     def log_mean(a):
@@ -544,7 +692,7 @@ def gradient_growth(
         (lo, hi),
         rate,
         float(np.std(boots)),
-        {"activation": activation, "gamma": gamma, "beta": beta, "eps": eps, "seed": seed},
+        {"activation": activation, "gamma": gamma, "beta": beta, "eps": eps, "seed": seed, "memory": plan.to_json()},
     )
 
 

@@ -151,6 +151,7 @@ def run_grid(
     seeds: int = 1,
     theory_method: str = "auto",
     progress: bool = True,
+    memory_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Train ``seeds`` networks per (batch size, depth) cell; return the JSON-ready report.
 
@@ -160,15 +161,23 @@ def run_grid(
     seed ``seed + 1000 i + j + 100000 k``; with ``seeds == 1`` the grid is exactly the
     one-network-per-cell grid of earlier versions.
 
+    Memory is bounded by ``memory_bytes`` (default: a quarter of the available RAM, at most 1 GiB):
+    each cell's networks run in calls that fit it, with every layer rematerialised
+    (``jax.checkpoint``) where one network does not fit (:func:`symbnmf.experiments.train.plan_training`);
+    ``report["memory"]`` summarises the cells' plans (the largest estimated peak, the narrowest
+    call, the most calls, how many cells used remat).
+
     Keys: settings, ``accuracy[i][j]`` (batch ``i``, depth ``j``), ``runs`` (every network),
     ``threshold`` (midpoint between chance and the grid's best accuracy), ``theory`` (16 xi per
     B and its source), ``comparison`` (per B: predicted vs measured bracket and their ratio).
     """
     from symbnmf._progress import progress as _progress
-    from symbnmf.experiments.train import TrainConfig, load_digits, train_network, train_networks
+    from symbnmf.experiments._memory import resolve_budget, summarize_plans
+    from symbnmf.experiments.train import TrainConfig, load_digits, plan_training, train_network, train_networks
 
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise SymbnmfError(f"seeds must be a positive integer (networks per cell), got {seeds!r}")
+    memory_bytes = resolve_budget(memory_bytes)  # once, for every cell
 
     depths = sorted({int(d) for d in depths})
     batch_sizes = sorted({int(b) for b in batch_sizes})
@@ -198,6 +207,7 @@ def run_grid(
     acc = np.zeros((len(batch_sizes), len(depths)))
     acc_sd = np.zeros_like(acc)
     runs: list[dict[str, Any]] = []
+    plans = []
     cells = [(i, j) for i in range(len(batch_sizes)) for j in range(len(depths))]
     for i, j in _progress(iterable=cells, desc="trainability", unit="cell", disable=not progress):
         cfg = TrainConfig(
@@ -214,9 +224,13 @@ def run_grid(
             seed=seed + 1000 * i + j,
         )
         if seeds == 1:
-            results = [train_network(ds, cfg)]
+            plans.append(plan_training(ds, cfg, 1, memory_bytes=memory_bytes))
+            results = [train_network(ds, cfg, memory_bytes=memory_bytes)]
         else:
-            results = train_networks(ds, cfg, [cfg.seed + 100000 * k for k in range(seeds)])
+            import jax
+
+            plans.append(plan_training(ds, cfg, seeds, memory_bytes=memory_bytes, devices=jax.device_count()))
+            results = train_networks(ds, cfg, [cfg.seed + 100000 * k for k in range(seeds)], memory_bytes=memory_bytes)
         accs = np.array([r.test_accuracy for r in results])
         acc[i, j], acc_sd[i, j] = accs.mean(), accs.std(ddof=1) if seeds > 1 else 0.0
         runs.extend(r.to_json() for r in results)
@@ -248,6 +262,7 @@ def run_grid(
         **({"accuracy_sd": acc_sd.round(4).tolist()} if seeds > 1 else {}),
         "threshold": threshold,
         "runs": runs,
+        "memory": summarize_plans(plans),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return attach_theory(report, theory_method)

@@ -129,9 +129,13 @@ def test_bad_input_exits_2_with_one_line(argv, fragment, capsys):
 def test_cli_json_and_outputs(tmp_path, capsys):
     prefix = str(tmp_path / "dyn")
     argv = ["dynamics", "relu", "-B", "8", "-L", "3", "-N", "16", "-K", "3", "--seeds", "2", "--json"]
-    assert main([*argv, "--output", prefix]) == 0
+    assert main([*argv, "--output", prefix, "--memory-budget", "64M"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == [0, 1, 2, 3] and len(out["per_step"]) == 4
+    # the memory plan (issue 14): both networks in one call, within the budget
+    mem = out["memory"]
+    assert mem["budget_bytes"] == 64 << 20 and mem["networks_per_chunk"] == 2 and mem["chunks"] == 1
+    assert mem["estimated_peak_bytes"] < 64 << 20 and mem["remat"] is False
     assert out["theory"]["lambda_down_G"] > 1 and (tmp_path / "dyn.png").stat().st_size > 0
     assert json.loads((tmp_path / "dyn.json").read_text())["settings"]["depth"] == 3
     assert main([*argv, "--output", prefix]) == 2  # no overwrite without --force

@@ -74,11 +74,15 @@ def test_relu_prediction_is_in_the_papers_range():
 
 
 def test_cli_tiny_grid_writes_png_and_json(tmp_path, capsys):
-    args = _args(tmp_path, "--json")
+    args = _args(tmp_path, "--json", "--memory-budget", "1G")
     assert cli_cmd.run(args) == 0
     out = capsys.readouterr().out
     summary = json.loads(out)  # exactly one JSON object on stdout
     assert "runs" not in summary
+    # the memory plan of the cells (issue 14): one network per cell, no remat at these sizes
+    mem = summary["memory"]
+    assert mem["budget_bytes"] == 1 << 30 and mem["networks_per_chunk"] == 1 and mem["remat"] is False
+    assert 0 < mem["estimated_peak_bytes"] < 1 << 30
     png, js = tmp_path / "tr.png", tmp_path / "tr.json"
     assert _is_png(png)
     import matplotlib.image as mpimg
@@ -134,6 +138,7 @@ def test_grid_with_several_seeds_averages_the_networks_of_a_cell():
     assert g["accuracy"][0][0] == pytest.approx(np.mean(accs), abs=1e-4)
     assert g["accuracy_sd"][0][0] == pytest.approx(np.std(accs, ddof=1), abs=1e-4)
     assert len({r["seed"] for r in g["runs"]}) == 3
+    assert g["memory"]["networks_per_chunk"] == 3 and g["memory"]["chunks"] == 1  # one call (issue 14)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5])
