@@ -28,6 +28,20 @@ CONVENTIONS = (
     "Pi -> E[J^T Pi J] at Sigma*; depth_scale = 1/ln backward.G"
 )
 
+#: The same for the records of the eps theory (``eval --eps/--weight-var/--gamma/--beta``,
+#: docs/theory.md §8); each record carries its own eps, weight_var, gamma, beta.
+EPS_CONVENTIONS = (
+    "Yang et al. ICLR 2019 mean field theory of batch norm with eps (docs/theory.md section 8); "
+    "h = W x + b, W_ij ~ N(0, sigma_w^2/N), x = phi(gamma BN_eps(h) + beta), "
+    "BN_eps(h) = Gh/sqrt(|Gh|^2/B + eps) (biased variance), G=I-11^T/B; eps, sigma_w^2 (weight_var), "
+    "gamma, beta as given in each record; sigma_b^2 drops out (reported at 0); fixed_point = "
+    "pre-activation BSB1 Sigma* entries (they scale with sigma_w^2), phase bsb1 | collapsed, "
+    "mu = diag-offdiag; forward.X = eigenvalue of the covariance map at Sigma* on piece X of "
+    "Sym(1-perp) (forward.G = F'(mu*)); backward.X = eigenvalue of Pi -> E[J^T Pi J] at Sigma* "
+    "with J = sqrt(B)/n (G - Gh h^T G/n^2), n^2 = |Gh|^2 + B eps; depth_scale = 1/ln backward.G "
+    "(null when backward.G <= 1)"
+)
+
 #: Names of the quantities, in the order they are reported.
 QUANTITIES = (
     "fixed_point.diag",

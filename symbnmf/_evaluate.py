@@ -26,7 +26,7 @@ import mpmath as mp
 import sympy as sp
 
 from symbnmf._activations import Activation, get_activation
-from symbnmf._conventions import CONVENTIONS, QUANTITIES, check_batch_size
+from symbnmf._conventions import CONVENTIONS, EPS_CONVENTIONS, QUANTITIES, check_batch_size
 from symbnmf._errors import NoClosedFormError, SymbnmfError
 from symbnmf.symbolic._algebra import B as Bsym
 
@@ -215,6 +215,16 @@ def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int |
         raise SymbnmfError(
             f"method {method!r} is not available with --eps/--weight-var/--gamma/--beta yet; use --method quadrature"
         )
+    from symbnmf.numeric._epsilon import check_bn_parameters
+
+    e, s, g, b = check_bn_parameters(
+        0 if eps is None else eps,
+        1 if weight_var is None else weight_var,
+        1 if gamma is None else gamma,
+        0 if beta is None else beta,
+    )
+    if e == 0:
+        return _evaluate_eps_zero(act, Blist, method, dps, s, g, b)
     backend: Callable[..., dict[str, Any]] = evaluate_eps
     used = "quadrature"
     if method == "fast":
@@ -261,6 +271,68 @@ def _evaluate_eps(act: Activation, Blist: Sequence[int], method: str, dps: int |
     return out
 
 
+def _evaluate_eps_zero(act: Activation, Blist: Sequence[int], method: str, dps: int | None, s, g, b):
+    """Records of the eps theory at eps = 0 (sigma_w^2 = ``s``, gamma = ``g``, beta = ``b`` given).
+
+    BN without eps is scale invariant, so this is the eps = 0 theory of the composite
+    phi(gamma x + beta) (closed form when one is derived, else its sphere quadrature: seconds, where
+    the eps machinery would tabulate every sphere integral over tau in [0, 1] for nothing), with the
+    pre-activation entries ``fixed_point`` scaled by sigma_w^2 and the eps record's fields added:
+    phase "bsb1", mu* = sigma_w^2 (diag - offdiag) of the composite, no collapse slope (it is
+    infinite at eps = 0), the collapse boundary eps_c = sigma_w^2 m0 (B-1)/B (docs/theory.md §8).
+    Equal to :func:`symbnmf.evaluate_eps` at eps = 0 (tested)."""
+    import mpmath
+    import sympy as sp
+
+    from symbnmf._activations import x as _x
+
+    comp = Activation(f"{act.label} with BN gamma={g}, beta={b}", act.bound_expr.subs(_x, g * _x + b))
+    comp.require_nondegenerate()
+    recs = evaluate(comp, Blist, method=method, dps=dps)
+    sw = float(s)
+    for rec in recs:
+        fp = rec["fixed_point"]
+        fp["diag"], fp["offdiag"] = sw * fp["diag"], sw * fp["offdiag"]
+        if "mp" in rec:
+            with mpmath.workdps(dps or 15):
+                mfp = rec["mp"]["fixed_point"]
+                for k in ("diag", "offdiag"):
+                    mfp[k] = mpmath.nstr(mpmath.mpf(str(sp.Rational(s))) * mpmath.mpf(mfp[k]), dps)
+        m0 = _collapse_m0(act, g, b, rec["B"])
+        mu = fp["diag"] - fp["offdiag"]
+        rec.update(
+            phase="bsb1",
+            eps=0.0,
+            weight_var=sw,
+            gamma=float(g),
+            beta=float(b),
+            mu=mu,
+            nonzero_fixed_points=[mu],
+            collapse_slope=None,
+            collapse_boundary_eps=None if m0 is None else sw * m0 * (rec["B"] - 1) / rec["B"],
+            note=(
+                "eps = 0: BN is scale invariant, so this is the eps = 0 theory of phi(gamma x + beta) "
+                "(method above), with diag/offdiag the pre-activation entries (times sigma_w^2)"
+            ),
+        )
+    return recs
+
+
+def _collapse_m0(act: Activation, gamma: Any, beta: Any, B: int) -> float | None:
+    """m0 = E[psi(y1)^2 - psi(y1) psi(y2)] of the collapse direction psi (docs/theory.md §8), or None."""
+    from symbnmf._activations import x as _x
+    from symbnmf.numeric._quadrature import sphere_expectations
+    from symbnmf.symbolic._epsilon import collapse_direction
+    from symbnmf.symbolic._sphere import y1, y2
+
+    try:
+        psi = collapse_direction(act.bound_expr, _x, gamma, beta)
+    except ValueError:
+        return None
+    m = sphere_expectations([(psi.subs(_x, y1) ** 2, 1), (psi.subs(_x, y1), psi.subs(_x, y2))], B, 20)
+    return float(m[0] - m[1])
+
+
 def evaluate_fast_or_quadrature(
     activation: str | Activation, Bs: int | Iterable[int], **kwargs: Any
 ) -> tuple[list[dict[str, Any]], str]:
@@ -276,4 +348,6 @@ def evaluate_fast_or_quadrature(
 def evaluation_document(activation: str | Activation, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The one JSON object printed by ``symbnmf eval --json``."""
     act = get_activation(activation)
-    return {"activation": act.label, "phi": str(act.bound_expr), "conventions": CONVENTIONS, "results": records}
+    eps = any("eps" in r for r in records)  # records of the eps theory (issue 12)
+    conv = EPS_CONVENTIONS if eps else CONVENTIONS
+    return {"activation": act.label, "phi": str(act.bound_expr), "conventions": conv, "results": records}
