@@ -10,9 +10,11 @@ Structure of the computation (no closed form anywhere):
    phi(beta + gamma t y) leaves the sphere), refined by doubling (to degree 64, judged on 129
    nodes) until the interpolation error (new nodes against the coarser interpolant) is below
    10^(-dps+3); a piece that misses it is split at its first quarter (up to 3 times), then
-   :class:`ConvergenceError`. For positive-homogeneous phi of degree alpha at beta = 0 the
-   integrals separate exactly (a(tau) = gamma^(2 alpha) tau^alpha a(1), K(tau) ~ tau^(alpha-1)) and
-   only tau = 1 is computed.
+   :class:`ConvergenceError`. The sphere integrals at a node are taken at an exact binary
+   rational t (sqrt(tau) to twice the working precision), whose kinks -beta/(gamma t) stay exact
+   rationals, so the quadrature's break points are exact. For positive-homogeneous phi of
+   degree alpha at beta = 0 the integrals separate exactly (a(tau) = gamma^(2 alpha) tau^alpha
+   a(1), K(tau) ~ tau^(alpha-1)) and only tau = 1 is computed.
 2. The r-integral: s = r^2 ~ chi^2_{B-1}, tau = mu s/(mu s + B eps), by mpmath tanh-sinh
    quadrature with its error estimate checked.
 3. The fixed point: nonzero roots of F(mu)/mu = 1 found on a log grid and refined by bracketing
@@ -163,6 +165,13 @@ def graded_pieces(cuts: Sequence[Any], one: Any = 1) -> tuple[list[Any], list[in
     return es, maps
 
 
+def _exact(e: Any) -> Any:
+    """``e`` as an exact SymPy number: floats are rationalised (nsimplify), exact numbers are kept
+    (nsimplify would replace a rational with a long mantissa by a nearby simpler number)."""
+    e = sp.sympify(e)
+    return sp.nsimplify(e) if e.has(sp.Float) else e
+
+
 def exit_taus(us: Sequence[Any], B: int, upto_one: bool = False) -> list[Any]:
     """tau in (0, 1) (in (0, 1] with ``upto_one``: an exit at tau = 1 makes the tables singular at
     that end) where the kink structure of phi(beta + gamma t y) changes on the support of (y1, y2).
@@ -172,10 +181,10 @@ def exit_taus(us: Sequence[Any], B: int, upto_one: bool = False) -> list[Any]:
     squares summing to B - y1^2 - y2^2 >= (y1 + y2)^2/(B-2)). A line y1 = c touches it at
     c^2 = B - 1, i.e. tau = u^2/(B-1); the corner (u_a/t, u_b/t) of two lines lies on it at
     tau = (u_a^2 + u_b^2 + 2 u_a u_b/(B-1)) (B-1)/(B(B-2)). Exact SymPy numbers in, out."""
-    out = {sp.nsimplify(u**2 / (B - 1)) for u in us}
+    out = {_exact(u**2 / (B - 1)) for u in us}
     for ua in us:
         for ub in us:
-            out.add(sp.nsimplify((ua**2 + ub**2 + 2 * ua * ub / (B - 1)) * (B - 1) / (B * (B - 2))))
+            out.add(_exact((ua**2 + ub**2 + 2 * ua * ub / (B - 1)) * (B - 1) / (B * (B - 2))))
     return sorted(c for c in out if 0 < c < 1 or (upto_one and c == 1))
 
 
@@ -360,10 +369,13 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
         def at(tau: Any) -> dict:
             key = mpmath.nstr(tau, dps + 5)
             if key not in cache:
-                # t rounded to a short binary rational (53 bits at the default dps): the sphere
-                # quadrature with kinks at -beta/(gamma t) fails to converge for t with long
-                # mantissas (ReLU, beta != 0, B = 4); the node moves by < 2^-52 relative
-                with mp.workprec(53 if dps <= DEFAULT_DPS else int(3.33 * dps) + 8):
+                # the sphere integrals need an exact t: the binary rational t_node = sqrt(tau)
+                # rounded to 2p + 10 bits (p = working precision), so |t_node^2 - tau| < 2^(-2p).
+                # The tables are continuous in tau and at worst behave like sqrt(tau - c) next to
+                # a cut c (exits of kinks; elsewhere their slope is bounded), so the value moves by
+                # < 2^(-p) relative, far below the interpolation target 10^(-dps+3). (Kinks at
+                # -beta/(gamma t_node) are exact rationals: _exact_kinks keeps them exact.)
+                with mp.workprec(2 * mp.prec + 10):
                     t_node = +mpmath.sqrt(tau)
                 cache[key] = _values(terms, Bv, dps + 2, _rational(t_node), what)
             return cache[key]

@@ -22,8 +22,15 @@ plane: for k = 0 the two rays psi = psi_j +- pi/2 (outer break points), for k !=
 break point sin(theta) = k / (sqrt(B-1) cos(psi - psi_j)) plus the outer break points
 psi = psi_j +- arccos(k/sqrt(B-1)) where the line leaves the disk. On each resulting piece the
 integrand of a piecewise-analytic f is analytic up to the end points, so Gauss-Legendre converges
-geometrically; otherwise (non-integer powers, kinks off 0) tanh-sinh is used, which tolerates
-algebraic end-point singularities. Every integral is computed at increasing degree until the
+geometrically. With kinks off 0 the inner (theta) integrals still end exactly at the kinks
+(Gauss-Legendre), and the outer (psi) integrand is analytic in sqrt(psi - psi_e) next to an outer
+break point psi_e where a line leaves the disk: Gauss-Legendre after psi = a + (b - a) v^2 (or
+sin^2(pi v/2) with both ends such points: :data:`SQRT_LO`, :data:`SQRT_HI`, :data:`SIN2`)
+resolves that; when a break point sits just outside a piece (a crossing of two
+lines next to the edge) the outer rule falls back to tanh-sinh. Otherwise (non-integer powers)
+tanh-sinh is used, which tolerates algebraic end-point singularities. Kinks are exact SymPy
+numbers (a rational stays that rational: see :func:`_exact_kinks`), so the break points are exact
+to the working precision. Every integral is computed at increasing degree until the
 error estimate (mpmath's extrapolation from the last three degrees) is below the target;
 otherwise :class:`~symbnmf._errors.ConvergenceError` is raised: a wrong digit is never returned.
 
@@ -83,14 +90,42 @@ def _standard_nodes(rule: str, degree: int, prec: int) -> tuple[tuple[Any, Any],
     return tuple(nodes)
 
 
+@functools.lru_cache(maxsize=64)
+def _gmpy_standard_nodes(degree: int, prec: int) -> tuple[tuple[Any, Any], ...]:
+    """Gauss-Legendre nodes/weights on [-1, 1] as exact gmpy2 copies of mpmath's."""
+    return tuple((_to_gmpy(t), _to_gmpy(w)) for t, w in _standard_nodes("gauss-legendre", degree, prec))
+
+
 def _nodes(rule: str, a: Any, b: Any, degree: int) -> tuple[tuple[Any, Any], ...]:
     """Nodes/weights on [a, b]: rescaled once per (interval, degree, precision), then cached (the
     inner integrals of the sphere quadrature revisit the same theta pieces at every psi node)."""
     return _scaled_nodes(rule, a, b, degree, mp.prec)
 
 
+#: Gauss-Legendre in v after the map x = a + (b - a) sin^2(pi v/2), v in [0, 1]: a function
+#: analytic in sqrt(x - a) and sqrt(b - x) (the outer integrand of the 2-D rule where kink lines
+#: leave the disk at both ends) becomes analytic in v, so the rule converges geometrically.
+#: SQRT_LO / SQRT_HI: the same for one singular end, x = a + (b - a) v^2 (x = b - (b - a)(1 - v)^2).
+SIN2 = "gauss-legendre-sin2"
+SQRT_LO = "gauss-legendre-sqrt-lo"
+SQRT_HI = "gauss-legendre-sqrt-hi"
+_GL_VARIANTS = ("gauss-legendre", SIN2, SQRT_LO, SQRT_HI)
+
+
 @functools.lru_cache(maxsize=2048)
 def _scaled_nodes(rule: str, a: Any, b: Any, degree: int, prec: int) -> tuple[tuple[Any, Any], ...]:
+    if rule in (SIN2, SQRT_LO, SQRT_HI):
+        L = b - a
+        out = []
+        for t, w in _standard_nodes("gauss-legendre", degree, prec):
+            v = (t + 1) / 2  # dv = dt/2
+            if rule == SIN2:  # dx = L (pi/2) sin(pi v) dv
+                out.append((a + L * (1 - mpmath.cos(mp.pi * v)) / 2, w * L * mp.pi * mpmath.sin(mp.pi * v) / 4))
+            elif rule == SQRT_LO:  # dx = 2 L v dv
+                out.append((a + L * v * v, w * L * v))
+            else:  # dx = 2 L (1 - v) dv
+                out.append((b - L * (1 - v) ** 2, w * L * (1 - v)))
+        return tuple(out)
     C = (b - a) / 2
     D = (b + a) / 2
     return tuple((D + C * t, C * w) for t, w in _standard_nodes(rule, degree, prec))
@@ -99,7 +134,7 @@ def _scaled_nodes(rule: str, a: Any, b: Any, degree: int, prec: int) -> tuple[tu
 def _max_degree(rule: str) -> int:
     # Gauss-Legendre degree m has 3*2^(m-1) nodes; tanh-sinh doubles its digits per degree.
     digits = mp.dps
-    if rule == "gauss-legendre":
+    if rule in _GL_VARIANTS:
         return 8 if digits <= 120 else 9
     return 7 if digits <= 40 else 8 if digits <= 80 else 9
 
@@ -137,23 +172,30 @@ def _vquad(
     n: int,
     rule: str,
     tol: Any,
+    nodes: bool = True,
+    rules: Sequence[str] | None = None,
 ) -> tuple[list[Any], Any]:
     """Integrate a vector-valued integrand over the union of ``pieces`` to absolute error ``tol``.
 
     ``F(a, b, degree, nodes)`` returns the weighted sums sum_k w_k f(x_k) (a list of length n)
     over the quadrature ``nodes`` [(x_k, w_k)] of the piece [a, b] (the caller can then cache
-    per-node work). Degrees increase until the error estimate (largest over the n components)
-    is below ``tol``. Returns (values, error estimate); the caller decides what to do if the
-    error is above ``tol``.
+    per-node work; with ``nodes=False`` it gets () and makes the nodes itself). ``rules`` (one
+    per piece, Gauss-Legendre variants of the same degrees as ``rule``) overrides ``rule`` piece by
+    piece. Degrees increase until the error estimate (largest over the n components) is below
+    ``tol``. Returns (values, error estimate); the caller decides what to do if the error is
+    above ``tol``.
     """
-    pieces = [(a, b) for a, b in pieces if b > a]
+    per_piece = list(rules) if rules is not None else [rule] * len(pieces)
+    kept = [(a, b, r) for (a, b), r in zip(pieces, per_piece) if b > a]
+    pieces = [(a, b) for a, b, _ in kept]
+    per_piece = [r for _, _, r in kept]
     hist: list[list[Any]] = [[] for _ in range(n)]
     prev_piece: list[list[Any]] = [[mp.zero] * n for _ in pieces]
     err = mp.inf
     for degree in range(1, _max_degree(rule) + 1):
         total = [mp.zero] * n
         for ip, (a, b) in enumerate(pieces):
-            acc = F(a, b, degree, _nodes(rule, a, b, degree))
+            acc = F(a, b, degree, _nodes(per_piece[ip], a, b, degree) if nodes else ())
             if rule == "tanh-sinh":
                 h = mpmath.ldexp(1, -degree)
                 acc = [prev_piece[ip][i] / 2 + h * acc[i] for i in range(n)]
@@ -283,7 +325,11 @@ def _exact_kinks(expr: sp.Expr, var: sp.Symbol) -> tuple[sp.Expr, ...]:
                 ) from None
             for s in sols:
                 if s.is_real and not s.free_symbols:
-                    pts.add(sp.nsimplify(s))
+                    # exact kinks stay exact: nsimplify would replace a rational with a long
+                    # mantissa (e.g. -beta/(gamma t) at a tau node) by a nearby "simpler"
+                    # algebraic number, 1e-16 off, and the break points of the quadrature would
+                    # miss the jump (eps tables of ReLU with beta != 0 then never converged)
+                    pts.add(sp.nsimplify(s) if s.has(sp.Float) else s)
     return tuple(sorted(pts, key=lambda s: float(s)))
 
 
@@ -319,6 +365,7 @@ def coordinate_function(expr: sp.Expr) -> CoordinateFunction:
                 True,
                 is_one=(c == 1),
                 gfunc=(lambda _y: gmpy2.mpfr(rc.p) / rc.q) if gmpy2 is not None else None,
+                expr=rc,  # compiled with the other functions of a ray (_combined_gmpy)
             )
         return CoordinateFunction(lambda _y: mpmath.mpf(sp.N(c, mp.dps + 10)), (), True)
     if len(free) > 1:
@@ -416,7 +463,8 @@ def _choose_rule(funcs: Iterable[CoordinateFunction]) -> str:
 
     In the 2-D polar rule the inner (theta) pieces end exactly at the kinks, so analytic
     functions get Gauss-Legendre inside even with kinks off 0 ("mixed"); the outer (psi)
-    integrand then has algebraic singularities at its break points (tanh-sinh).
+    integrand then has square-root singularities at its break points (:data:`SIN2`; the
+    fallback "mixed-ts" uses tanh-sinh there).
     """
     funcs = list(funcs)
     if not all(f.analytic for f in funcs):
@@ -507,6 +555,7 @@ def _two_coordinates(
     outer = {mp.zero, halfpi, mp.pi, 3 * halfpi, twopi}
     kinks1 = sorted({mpmath.mpf(sp.N(k, mp.dps + 10)) for f in f1s for k in f.kinks})
     kinks2 = sorted({mpmath.mpf(sp.N(k, mp.dps + 10)) for f in f2s for k in f.kinks})
+    exits: set[Any] = set()  # where a line y_j = k != 0 leaves the disk (square-root points in psi)
     for ks, psij in ((kinks1, mp.zero), (kinks2, psi2)):
         for k in ks:
             if k == 0:
@@ -514,6 +563,7 @@ def _two_coordinates(
             elif abs(k) < R:
                 a = mpmath.acos(k / R)
                 angles = (psij + a, psij - a)
+                exits.update(ang % twopi for ang in angles)
             else:
                 angles = ()  # type: ignore[assignment]  # the line misses the circle
             for ang in angles:
@@ -529,7 +579,13 @@ def _two_coordinates(
     opieces = list(zip(ob[:-1], ob[1:]))
     inner_tol = tol / (4 * mp.pi * norm)
     inner_rule = "tanh-sinh" if rule == "tanh-sinh" else "gauss-legendre"
-    outer_rule = "gauss-legendre" if rule == "gauss-legendre" else "tanh-sinh"
+    # "mixed": kinks off 0, whose lines leave the disk at outer break points where the outer
+    # integrand is analytic in sqrt(psi - psi_e) (SIN2 resolves that); "mixed-ts" is its fallback
+    outer_rule = {"gauss-legendre": "gauss-legendre", "mixed": SIN2}.get(rule, "tanh-sinh")
+    outer_rules = None
+    if outer_rule == SIN2:  # the square-root map only at the exits (plain Gauss-Legendre elsewhere)
+        kind = {0: "gauss-legendre", 1: SQRT_LO, 2: SQRT_HI, 3: SIN2}
+        outer_rules = [kind[(a in exits) + 2 * (b in exits)] for a, b in opieces]
     inner_err = [mp.zero]
     # large B: the weight cos^{B-4} concentrates at sin(theta) ~ 1/sqrt(B); grade the theta pieces
     # geometrically there (poles of e.g. tanh(A sin theta) sit at distance ~ 1/sqrt(B) from 0)
@@ -544,11 +600,25 @@ def _two_coordinates(
     use_branches = all(f.pos is not False and f.neg is not False for f in f1s + f2s)
     fast = gmpy2 is not None and all(f.gfunc is not None for f in f1s + f2s)
 
+    # fast Gauss-Legendre: the theta nodes of a piece are made by MPFR from the standard nodes
+    # (the pieces ending at a kink move with psi, so they are new at almost every psi node)
+    lazy = fast and inner_rule == "gauss-legendre"
+
     def theta_nodes(a: Any, b: Any, degree: int, nodes: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         key = (a, b, degree)
         if key not in theta_cache:
-            tn = [(mpmath.sin(t), wk * mpmath.cos(t) ** p * mpmath.sin(t)) for t, wk in nodes]
-            theta_cache[key] = [(_to_gmpy(st), _to_gmpy(w)) for st, w in tn] if fast else tn
+            if lazy:
+                with gmpy2.context(gmpy2.get_context(), precision=mp.prec):
+                    ga, gb = _to_gmpy(a), _to_gmpy(b)
+                    C, D = (gb - ga) / 2, (gb + ga) / 2
+                    tn = []
+                    for t, wk in _gmpy_standard_nodes(degree, mp.prec):
+                        st, ct = gmpy2.sin_cos(D + C * t)
+                        tn.append((st, C * wk * ct**p * st))
+                theta_cache[key] = tn
+            else:
+                tn = [(mpmath.sin(t), wk * mpmath.cos(t) ** p * mpmath.sin(t)) for t, wk in nodes]
+                theta_cache[key] = [(_to_gmpy(st), _to_gmpy(w)) for st, w in tn] if fast else tn
         return theta_cache[key]
 
     def inner(a_psi: Any, b_psi: Any, degree_psi: int, psi_nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
@@ -608,7 +678,7 @@ def _two_coordinates(
                             acc = [x + v1[i] * v2[j] for x, (i, j) in zip(acc, idx)]
                         return [_from_gmpy(gmpy2.mpfr(v)) for v in acc]
 
-                vals, err = _vquad(G, tpieces, nl, inner_rule, inner_tol)
+                vals, err = _vquad(G, tpieces, nl, inner_rule, inner_tol, nodes=not lazy)
                 if err > inner_err[0]:
                     inner_err[0] = err
                 for q, m in enumerate(live):
@@ -639,7 +709,7 @@ def _two_coordinates(
                 acc_out[m] += wpsi * vals[q]
         return acc_out
 
-    vals, err = _vquad(inner, opieces, npairs, outer_rule, tol / (2 * norm))
+    vals, err = _vquad(inner, opieces, npairs, outer_rule, tol / (2 * norm), rules=outer_rules)
     err = err + inner_err[0] * 2 * mp.pi
     return [v * norm for v in vals], err * norm
 
@@ -707,14 +777,19 @@ def _run(
     what: str,
     two_d: bool = False,
 ) -> list[Any]:
-    """Run ``compute`` with the rule suited to ``fs``; on failure retry once with a rule that
-    tolerates end-point singularities (in 2-D only the outer one: nested tanh-sinh is too slow)."""
+    """Run ``compute`` with the rule suited to ``fs``; on failure retry with rules that tolerate
+    end-point singularities (in 2-D only the outer one: nested tanh-sinh is too slow)."""
     rule = _choose_rule(fs)
     vals, err = compute(rule)
-    fallback = (
-        ("mixed" if rule == "gauss-legendre" else None) if two_d else ("tanh-sinh" if rule != "tanh-sinh" else None)
-    )
-    if (not err <= tol) and fallback is not None:
+    if two_d:
+        # "mixed" (outer SIN2) fails when a break point sits just outside an outer piece (a kink
+        # line leaving the disk next to a crossing): "mixed-ts" (outer tanh-sinh) copes with that
+        fallbacks = {"gauss-legendre": ["mixed", "mixed-ts"], "mixed": ["mixed-ts"]}.get(rule, [])
+    else:
+        fallbacks = ["tanh-sinh"] if rule != "tanh-sinh" else []
+    for fallback in fallbacks:
+        if err <= tol:
+            break
         vals, err = compute(fallback)
     if not (err <= tol) or any(not mpmath.isfinite(v) for v in vals):
         raise ConvergenceError(

@@ -388,7 +388,7 @@ class Derivation:
             if name == "depth_scale" and latex_width(compact_latex(expr)) > LINE_UNITS:
                 body = r"\xi = \frac{1}{\log \lambda^{\downarrow}_{G}}"
             else:
-                body = equation_latex(sym, expr, name=sym)
+                body = self._equation_latex(sym, expr, sym)
             lines += [r"\begin{gather*}", body, r"\end{gather*}"]
         if self.limits:
             lines.append(r"\subsection*{Large batch: $q = q_\infty + c_1/B + O(B^{-2})$}")
@@ -398,7 +398,7 @@ class Derivation:
                 sym = QUANTITY_SYMBOLS.get(name, name)
                 one = r"%s \to %s, \qquad c_1 = %s" % (sym, compact_latex(q0), compact_latex(c1))
                 if latex_width(one) > LINE_UNITS:
-                    one = r"%s \to %s, \\ %s" % (sym, compact_latex(q0), equation_latex("c_1", c1, name=sym))
+                    one = r"%s \to %s, \\ %s" % (sym, compact_latex(q0), self._equation_latex("c_1", c1, sym))
                 rows.append(one)
             lines.append(" \\\\\n".join(rows))
             lines.append(r"\end{gather*}")
@@ -413,6 +413,10 @@ class Derivation:
             lines.append(r"\end{enumerate}")
         lines.append(r"\end{document}")
         return "\n".join(lines) + "\n"
+
+    def _equation_latex(self, lhs: str, expr: sp.Expr, name: str) -> str:
+        """A displayed result ``lhs = expr`` (:func:`equation_latex`; subclasses break differently)."""
+        return equation_latex(lhs, expr, name=name)
 
     def _repr_latex_(self) -> str:
         rows = [r"%s &= %s" % (QUANTITY_SYMBOLS.get(n, n), compact_latex(e)) for n, e in self.quantities.items()]

@@ -226,6 +226,143 @@ class EpsDerivation(Derivation):
     sphere: dict = field(default_factory=dict)
     radial: dict = field(default_factory=dict)
 
+    def latex(self) -> str:
+        """The standalone document of :meth:`Derivation.latex`, displayed with the abbreviations of
+        :func:`display_form` (defined in an extra notation paragraph) and every long equation broken
+        into lines that fit the page (:func:`long_equation_latex`)."""
+        import dataclasses
+
+        from symbnmf.symbolic._derivation import NOTATION_LATEX, compact_latex
+
+        def step(st: Step) -> Step:
+            eq = st.equation
+            if not isinstance(eq, sp.Eq):
+                return st
+            lhs, rhs = display_form(eq.lhs), display_form(eq.rhs)
+            if lhs == sp.Symbol("depth_scale"):
+                return Step(st.name, r"\xi = \frac{1}{\log \lambda^{\downarrow}_{G}}", st.justification)
+            lhs_tex = compact_latex(lhs)
+            return Step(st.name, long_equation_latex(lhs_tex, rhs, lhs_tex), st.justification)
+
+        shown = dataclasses.replace(
+            self,
+            quantities={k: display_form(v) for k, v in self.quantities.items()},
+            limits={k: tuple(display_form(e) for e in v) for k, v in self.limits.items()},
+            steps={k: [step(st) for st in v] for k, v in self.steps.items()},
+        )
+        doc = Derivation.latex(shown)
+        return doc.replace(NOTATION_LATEX, NOTATION_LATEX + "\n" + EPS_NOTATION_LATEX, 1)
+
+    def _equation_latex(self, lhs: str, expr: sp.Expr, name: str) -> str:
+        return long_equation_latex(lhs, expr, name)
+
+
+def _break_terms(expr: sp.Expr, units: float) -> list[tuple[str, str]]:
+    """(operator, LaTeX) tokens of ``expr`` none wider than ``units`` (operator "+", "-", or "" for
+    a factor continuing a product). A term too wide for a line is written as its plain factors
+    (over its denominator) times each sum factor in parentheses, a sum still too wide being broken
+    between its terms the same way (recursively)."""
+    from symbnmf.symbolic._derivation import compact_latex, latex_width
+
+    terms = expr.as_ordered_terms() if isinstance(expr, sp.Add) else [expr]
+    out: list[tuple[str, str]] = []
+    for t in terms:
+        sign = "-" if t.could_extract_minus_sign() else "+"
+        a = -t if sign == "-" else t
+        tex = compact_latex(a)
+        num, den = sp.fraction(a)
+        factors = sp.Mul.make_args(num)
+        sums = [f for f in factors if isinstance(f, sp.Add)]
+        if latex_width(tex) <= units or not sums:
+            out.append((sign, tex))
+            continue
+        rest = sp.Mul(*[f for f in factors if not isinstance(f, sp.Add)]) / den
+        toks: list[tuple[str, str]] = [] if rest == 1 else [("", compact_latex(rest))]
+        for f in sums:
+            ftex = compact_latex(f)
+            if latex_width(ftex) + 2 <= units:
+                toks.append(("", r"\left(" + ftex + r"\right)"))
+                continue
+            inner = _break_terms(f, units - 4)
+            first_sign, first = inner[0]
+            inner[0] = ("", r"\bigl(" + ("-" if first_sign == "-" else "") + first)
+            inner[-1] = (inner[-1][0], inner[-1][1] + r" \bigr)")
+            toks.extend(inner)
+        # the sign of the term goes before its first token
+        toks[0] = (sign, toks[0][1])
+        out.extend(toks)
+    return out
+
+
+def _fill_lines(lhs: str, tokens: list[tuple[str, str]], units: float) -> str:
+    """``lhs = tokens...`` as an ``aligned`` block, each line filled with tokens up to ``units``
+    (a product continued on a new line gets an explicit times sign)."""
+    from symbnmf.symbolic._derivation import latex_width
+
+    first_sign, first = tokens[0]
+    lines = [f"{lhs} &= " + ("-" if first_sign == "-" else "") + first]
+    used = latex_width(lines[0])
+    for sign, tex in tokens[1:]:
+        wt = latex_width(tex) + 2
+        if used + wt > units:
+            lines.append(r"&\quad " + (sign or r"\times") + f" {tex}")
+            used = 4 + wt
+        else:
+            lines[-1] += f" {sign} {tex}" if sign else f" {tex}"
+            used += wt
+    return r"\begin{aligned}" + " \\\\\n".join(lines) + r"\end{aligned}"
+
+
+def long_equation_latex(lhs: str, expr: sp.Expr, name: str) -> str:
+    """``lhs = expr`` as lines of a ``gather*`` environment none wider than the page: as
+    :func:`symbnmf.symbolic._derivation.equation_latex` (a long fraction as N/D with the pieces
+    displayed apart), but a term too wide for a line is broken inside (:func:`_break_terms`)
+    instead of overflowing."""
+    from symbnmf.symbolic._derivation import LINE_UNITS, compact_latex, latex_width
+
+    flat = f"{lhs} = {compact_latex(expr)}"
+    if latex_width(flat) <= LINE_UNITS:
+        return flat
+    num, den = sp.fraction(sp.factor_terms(expr)) if not isinstance(expr, sp.Add) else (expr, sp.S.One)
+    if den == 1 or latex_width(compact_latex(den)) > LINE_UNITS - 6:
+        return _fill_lines(lhs, _break_terms(expr, LINE_UNITS - 8), LINE_UNITS)
+    n_sym, d_sym = rf"N_{{{name}}}", rf"D_{{{name}}}"
+    parts = [rf"{lhs} = \frac{{{n_sym}}}{{{d_sym}}},"]
+    for sym, e in ((n_sym, num), (d_sym, den)):
+        tex = compact_latex(e)
+        if latex_width(f"{sym} = {tex}") <= LINE_UNITS:
+            parts.append(f"{sym} = {tex}")
+        else:
+            parts.append(_fill_lines(sym, _break_terms(e, LINE_UNITS - 8), LINE_UNITS))
+    return " \\\\\n".join(parts)
+
+
+#: Notation of the eps > 0 documents (after the eps = 0 notation it amends).
+EPS_NOTATION_LATEX = r"""\paragraph{With $\epsilon > 0$.} This document keeps $\epsilon > 0$, the weight variance
+$\sigma_w^2$ and the BN gain $\gamma > 0$ (at $\beta = 0$): $\mathrm{BN}(h) = t y$ with
+$t^2 = \tau = \mu s/(\mu s + B\epsilon)$, $s \sim \chi^2_{B-1}$, and the results are functions of $\mu$, to be
+evaluated at the fixed point $\mu = \mu^*$. $\mathcal{P}_\nu(z) = e^{z} E_\nu(z)$ is the scaled
+generalised exponential integral; in the results $\mathcal{P}_{j}$ (a subscript $j$ that is a
+number) abbreviates $\mathcal{P}_{B/2 + j}\bigl(\frac{B\epsilon}{2\mu}\bigr)$."""
+
+
+def display_form(expr: Any) -> Any:
+    """``expr`` for display only: P_{B/2 + j}(B eps/(2 mu)) as the symbol P_j and sigma_w2 as
+    sigma_w^2 (the closed forms themselves are unchanged)."""
+    if isinstance(expr, str) or not isinstance(expr, sp.Basic):
+        return expr
+    z = B * EPS / (2 * MU)
+
+    def short(node: sp.Basic) -> sp.Basic:
+        nu, arg = node.args
+        j = sp.simplify(nu - B / 2)
+        if sp.simplify(arg - z) == 0 and j.is_Number:
+            return sp.Symbol(r"\mathcal{P}_{%s}" % sp.latex(j))
+        return node
+
+    e = expr.replace(lambda n: isinstance(n, expint_scaled), short)
+    return e.subs(WEIGHT_VAR, sp.Symbol(r"\sigma_w^{2}"))
+
 
 def in_family(act: Activation) -> bool:
     """True for piecewise-polynomial phi positive-homogeneous of degree 1 (identity, ReLU, leaky ReLU)."""

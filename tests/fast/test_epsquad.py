@@ -160,23 +160,42 @@ def test_kink_at_beta_refused():
 
 
 @pytest.mark.slow
-@pytest.mark.long  # the mpmath reference takes 10 to 40 minutes a point
+@pytest.mark.long  # the mpmath reference takes 5 to 20 minutes a point
 @pytest.mark.parametrize(
-    ("B", "eps", "beta"),
+    ("B", "eps", "beta", "sw"),
     [
-        (4, 0.1, 0.5),  # the corner of the two kink lines leaves the sphere at tau = 1/4
-        (8, 0.1, 0.5),
-        (4, 0.1, 1.0),  # ... at tau = 1 exactly: the last tau piece is singular at its end
+        (4, 0.1, 0.5, 1.0),  # the corner of the two kink lines leaves the sphere at tau = 1/4
+        (8, 0.1, 0.5, 1.0),
+        (4, 0.1, 1.0, 1.0),  # ... at tau = 1 exactly: the last tau piece is singular at its end
+        # the mpmath tables used to raise ConvergenceError (kinks -beta/(gamma t) with long
+        # mantissas were rounded by nsimplify: test_kinks_with_long_mantissas_stay_exact)
+        (4, 0.01, 0.2, 1.0),
     ],
 )
-def test_relu_beta_matches_mpmath(B, eps, beta):
+def test_relu_beta_matches_mpmath(B, eps, beta, sw):
     """ReLU with beta != 0: the tables are split where the kink line and the corner of the two kink
     lines leave the support of (y1, y2) (numeric._epsilon.exit_taus) and graded next to those cuts
     (graded_pieces), the chi-square rule is split at the s of the cuts. (The mpmath reference takes
-    10 to 40 minutes a point.)"""
-    fast = fast_evaluate_eps("relu", B, eps=eps, beta=beta)
-    ref = evaluate_eps("relu", B, eps=eps, beta=beta)
+    1 to 20 minutes a point.)"""
+    fast = fast_evaluate_eps("relu", B, eps=eps, weight_var=sw, beta=beta)
+    ref = evaluate_eps("relu", B, eps=eps, weight_var=sw, beta=beta)
     _agree(fast, ref)
+
+
+@pytest.mark.slow  # about 1 minute (the mpmath tables of the two points are shared)
+@pytest.mark.parametrize("sw", [1.0, 4.0])
+def test_relu_negative_beta_matches_mpmath(sw):
+    """ReLU at beta = -0.5 (B = 4, eps = 0.1): phi(beta + gamma t y) = 0 for tau < beta^2/(gamma^2 (B-1))
+    and the collapse direction psi = 0 (m0 = 0: mu = 0 is always stable). At sigma_w^2 = 1 there is
+    no nonzero fixed point (collapsed); at sigma_w^2 = 4 two (0.041 unstable, 0.315 stable: BSB1)."""
+    fast = fast_evaluate_eps("relu", 4, eps=0.1, weight_var=sw, beta=-0.5)
+    ref = evaluate_eps("relu", 4, eps=0.1, weight_var=sw, beta=-0.5)
+    _agree(fast, ref)
+    assert ref["_meta"]["collapse_slope"] == 0.0
+    if sw == 1.0:
+        assert ref["_meta"]["phase"] == "collapsed" and ref["_meta"]["nonzero_fixed_points"] == []
+    else:
+        assert ref["_meta"]["phase"] == "bsb1" and len(ref["_meta"]["nonzero_fixed_points"]) == 2
 
 
 def test_sqrt_map_resolves_square_root_singularities_at_or_near_the_ends():

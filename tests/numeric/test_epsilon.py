@@ -82,9 +82,14 @@ def test_relu_against_explicit_maps_large_batch(B, eps, sw, gamma, beta):
 
 
 @pytest.mark.slow
-def test_relu_beta_against_explicit_maps():
-    """ReLU with beta != 0 (tables split at the kink-line and corner exits) against the explicit maps."""
-    B, eps, sw, beta = 4, 0.1, 1.0, 0.5
+@pytest.mark.parametrize(("beta", "sw"), [(0.5, 1.0), (-0.5, 4.0)])
+def test_relu_beta_against_explicit_maps(beta, sw):
+    """ReLU with beta != 0 (tables split at the kink-line and corner exits) against the explicit maps;
+    at beta = -0.5 the BSB1 point is the upper of two nonzero fixed points (the map is iterated
+    from mu = 1), and at sigma_w^2 = 1 the explicit map collapses (no nonzero fixed point)."""
+    B, eps = 4, 0.1
+    if beta < 0:
+        assert ex.eps_fixed_point(relu, B, eps, 1.0, beta=beta, n=20_000) < 1e-12
     r = evaluate_eps("relu", B, eps=eps, weight_var=sw, beta=beta)
     mu = r["_meta"]["mu"]
     assert r["_meta"]["phase"] == "bsb1"
@@ -243,3 +248,95 @@ def test_fit_tables_splits_a_piece_that_does_not_converge():
         for tau in [mpmath.mpf(j) / 97 for j in range(98)]:
             p = next(p for p in pieces if tau <= p.hi)
             assert abs(_clenshaw(p.coeffs["f"], p.x(tau)) - at3(tau)["f"]) < 1e-9
+
+
+def test_kinks_with_long_mantissas_stay_exact():
+    """Regression (ReLU, B = 4, beta = 0.2: ConvergenceError after 710 s): the kink -beta/(gamma t)
+    at a tau node is a rational with a long mantissa; nsimplify used to replace it by a nearby
+    algebraic number (1e-16 off), the quadrature's break points then missed the jump of the step
+    phi' and the error estimate stalled at 1e-8. Exact kinks stay exact, floats are rationalised."""
+    from symbnmf.numeric._quadrature import coordinate_function, sphere_expectations
+    from symbnmf.symbolic._sphere import y1, y2
+
+    t = sp.Rational(1852236704005605, 9007199254740992)  # the node of the failure (tau = 0.0423)
+    k = -sp.Rational(1, 5) / t
+    f = coordinate_function(sp.Piecewise((1, y1 > k), (0, True)))
+    assert f.kinks == (k,)
+    assert coordinate_function(sp.Piecewise((1, y1 > sp.Float("0.3")), (0, True))).kinks == (sp.Rational(3, 10),)
+    step1, step2 = (sp.Piecewise((1, y > k), (0, True)) for y in (y1, y2))
+    (v,) = sphere_expectations([(step1, step2)], 4, 18)
+    # P(y1 > k, y2 > k) = 1 - 2 P(y1 <= k) + P(y1 <= k, y2 <= k); at B = 4, y1 is uniform on
+    # [-sqrt 3, sqrt 3] (density (1 - y^2/3)^0); the corner term is checked by Monte Carlo below
+    p1 = (k + sp.sqrt(3)) / (2 * sp.sqrt(3))
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((400_000, 4))
+    z -= z.mean(axis=1, keepdims=True)
+    y = 2 * z / np.linalg.norm(z, axis=1, keepdims=True)
+    both = ((y[:, 0] <= float(k)) & (y[:, 1] <= float(k))).mean()
+    se = np.sqrt(both * (1 - both) / len(y))
+    want = 1 - 2 * float(p1) + both
+    assert abs(float(v) - want) < 4 * se + 1e-15
+    with mpmath.workdps(30):
+        (one,) = sphere_expectations([(step1, 1)], 4, 25)
+        assert abs(one - (1 - mpmath.mpf(str(p1.evalf(40))))) < mpmath.mpf(10) ** -24
+
+
+def test_zero_collapse_direction_relu_negative_beta():
+    """ReLU at beta < 0: phi'(beta) = 0, so the collapse direction psi is identically 0 (m0 = 0, the
+    collapsed phase is always linearly stable); its sphere integrals used to crash the compiled
+    2-D rule (a constant had no SymPy form). Constants now compile with the other functions."""
+    from symbnmf.numeric._quadrature import sphere_expectations
+    from symbnmf.symbolic._sphere import y1, y2
+
+    vals = sphere_expectations([(sp.S.Zero, sp.S.Zero), (sp.Rational(1, 2), y2**2), (y1**2, y2**2)], 4, 20)
+    assert vals[0] == 0
+    assert abs(vals[1] - mpmath.mpf(1) / 2) < mpmath.mpf(10) ** -20  # E y_j^2 = 1
+    # E y1^2 y2^2 against seeded Monte Carlo
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((400_000, 4))
+    z -= z.mean(axis=1, keepdims=True)
+    y = 2 * z / np.linalg.norm(z, axis=1, keepdims=True)
+    s = y[:, 0] ** 2 * y[:, 1] ** 2
+    assert abs(float(vals[2]) - s.mean()) < 4 * s.std() / np.sqrt(len(s))
+
+
+def test_sin2_rule_resolves_square_root_ends():
+    """The outer rule of the 2-D quadrature with kinks off 0 (SIN2): Gauss-Legendre after
+    x = a + (b - a) sin^2(pi v/2) integrates sqrt(x - a) sqrt(b - x) exp(x) to 30 digits at degree 5
+    (48 nodes); plain Gauss-Legendre does not."""
+    from symbnmf.numeric._quadrature import SIN2, _nodes
+
+    with mpmath.workdps(40):
+        a, b = mpmath.mpf("0.3"), mpmath.mpf("1.7")
+        f = lambda x: mpmath.sqrt(x - a) * mpmath.sqrt(b - x) * mpmath.exp(x)
+        exact = mpmath.quad(f, [a, (a + b) / 2, b])
+        got = sum(w * f(x) for x, w in _nodes(SIN2, a, b, 5))
+        plain = sum(w * f(x) for x, w in _nodes("gauss-legendre", a, b, 5))
+        assert abs(got - exact) < mpmath.mpf(10) ** -30
+        assert abs(plain - exact) > mpmath.mpf(10) ** -8
+
+
+@pytest.mark.parametrize("act", ["relu", pytest.param("leaky_relu", marks=pytest.mark.slow)])
+def test_eps_derivation_latex_fits_the_page(act, tmp_path):
+    """derivations/relu_eps.tex had 12 overfull boxes: the eps documents abbreviate
+    P_{B/2 + j}(B eps/(2 mu)) as P_j and break every long equation, terms included
+    (symbolic._epsforms.long_equation_latex)."""
+    import shutil
+    import subprocess
+
+    from symbnmf.symbolic._epsforms import derive_eps
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base)")
+    (tmp_path / "d.tex").write_text(derive_eps(act).latex())
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    log = (tmp_path / "d.log").read_text(errors="replace")
+    assert run.returncode == 0, log[-2000:]
+    overfull = [ln for ln in log.splitlines() if ln.startswith(("Overfull", "Underfull \\vbox"))]
+    assert overfull == [], overfull
