@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 from symbnmf._activations import get_activation
@@ -63,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
     act = get_activation(args.activation, **parse_params(args.param))
     method = "fast" if args.fast else args.method
     bn = {k: getattr(args, k, None) for k in ("eps", "weight_var", "gamma", "beta")}
-    records = evaluate(act, _batch_sizes(args.batch_size), method=method, dps=args.dps, **bn)
+    progress: Any = contextlib.nullcontext()
+    if any(v is not None for v in bn.values()) and method in ("auto", "quadrature"):
+        from symbnmf.numeric._epsilon import tau_progress
+
+        progress = tau_progress()  # the mpmath eps tables can take minutes
+    with progress:
+        records = evaluate(act, _batch_sizes(args.batch_size), method=method, dps=args.dps, **bn)
     if args.json:
         print_json(evaluation_document(act, records))
         return 0

@@ -26,9 +26,10 @@ cost one r-integral per point. Never imports JAX.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,6 +322,26 @@ def fit_tables(
     return pieces, worst
 
 
+#: The progress bars of :func:`tau_progress` (innermost last); each new tau node ticks the last one.
+_PROGRESS: list[Any] = []
+
+
+@contextlib.contextmanager
+def tau_progress(desc: str = "eps integrals (mpmath): tau nodes") -> Iterator[Any]:
+    """Show the mpmath tabulation's progress on stderr (a bar counting the tau nodes, each a full set
+    of sphere integrals: about a second each, a few hundred for a kinked phi with beta != 0; the
+    count is open-ended, the fit is adaptive). Used by ``symbnmf eval``; library calls are silent."""
+    from symbnmf._progress import progress
+
+    bar = progress(None, desc=desc, unit="nodes", leave=False)
+    _PROGRESS.append(bar)
+    try:
+        yield bar
+    finally:
+        _PROGRESS.remove(bar)
+        bar.close()
+
+
 @functools.lru_cache(maxsize=64)
 def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = DEFAULT_DPS) -> TauTables:
     """Build (and cache) the :class:`TauTables` of phi(beta + gamma t y) at batch size B."""
@@ -378,6 +399,8 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
                 with mp.workprec(2 * mp.prec + 10):
                     t_node = +mpmath.sqrt(tau)
                 cache[key] = _values(terms, Bv, dps + 2, _rational(t_node), what)
+                if _PROGRESS:
+                    _PROGRESS[-1].update(1)
             return cache[key]
 
         bounds = [mpmath.mpf(_rational_or_float(e, dps)) for e in edges]
