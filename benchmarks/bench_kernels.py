@@ -3,9 +3,11 @@
 Implementations (ReLU, float64):
 
 * ``symbnmf``: :func:`symbnmf.kernels.batchnorm_nngp` / :func:`~symbnmf.kernels.batchnorm_ntk`
-  (Laplace method in JAX, double-exponential rule in s). Timed two ways: the public call on
-  concrete arrays (input checks + node-count choice + the jitted core), and ``jax.jit`` of the
-  public function with the node count fixed (what a user's jitted pipeline pays).
+  (Laplace method in JAX; at ε = 0 a Gauss–Jacobi rule in s chosen per matrix from its spectrum). Timed
+  two ways: the public call on concrete arrays (input checks + one host ``eigh`` per matrix, which
+  chooses its rule and feeds the jitted core), and ``jax.jit`` of the public function with one rule
+  for the batch (``choose_rule``; the ``eigh`` then runs inside the kernel: what a user's jitted
+  pipeline pays).
 * ``GP4A-style`` (the baseline, implemented here in numpy): one ``eigh`` of GΣG, then a 10-point
   Gauss–Laguerre rule in s for V = B ∫₀^∞ det(I + 2sΣ_G)^{-1/2} V_relu(S(s)) ds, after scaling Σ so
   that the mean non-zero eigenvalue of Σ_G is 1/2 (BN ignores the scale): ∫ f ≈ Σ_k w_k e^{x_k} f(x_k).

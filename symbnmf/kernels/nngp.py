@@ -38,10 +38,17 @@ determinant, so an n-point Gauss–Jacobi rule converges like ρ^{−2n} with ρ
 s = c (x/(1 − x))² is better (weight (1 − x)^{r−1−2·tail} x^{2β−1}; its branch points lie at distance
 ~κ^{−1/4} from the ends, so ln ρ ~ √2 κ^{−1/8}); in general s = c (x/(1 − x))^{1/p}, p ∈ {1, ½}.
 :func:`choose_rule` predicts ρ for both maps from the spectrum and takes the smallest size in
-:data:`GAUSS_SIZES` whose predicted error ρ^{−2n} is below :data:`_GAUSS_TARGET` (10⁴ below 1e-15:
-measured errors were within 10³ of the prediction on random, digits, near-BSB1 and near-duplicate Σ),
+:data:`GAUSS_SIZES` whose predicted error ρ^{−2n} is below :data:`_GAUSS_TARGET` (10² below 1e-15:
+measured errors were C ρ^{−2n} with C ≤ 10^2.4 for both maps on digits, Wishart, wide, near-BSB1 and
+rank-3 Σ at B = 8, 16, 32, and the automatic rules were within 2.1e-14 of a 1025-node DE rule, the
+reference's own floor, on those and near-duplicate Σ at B = 8 … 32),
 and the double-exponential rule above when none is (κ ≳ 10⁶), when ε > 0 (e^{−sBε}
 is not analytic at x = 1), or when a ≤ −1.
+
+**Concrete inputs** take λ and Q from one numpy ``eigh`` per matrix (:func:`_host_spectra`), which chooses
+each matrix's rule and is passed into the jitted kernels, so they do no ``eigh`` of their own; matrices are
+grouped by rule and each group cut into blocks of fixed sizes (few compiled programs). Traced inputs (the
+caller's jit, grad, vmap) do the ``eigh`` in the kernel; both paths agree to rounding (tested to 1e-13).
 """
 
 from __future__ import annotations
@@ -75,9 +82,9 @@ _ZERO_EIG = 1e-13
 #: Nodes of the tanh-sinh rule for the degree-α wedge integral (α ∉ {1}).
 _WEDGE_NODES = 81
 #: Sizes of the Gauss–Jacobi rule (static shapes: few compiled programs).
-GAUSS_SIZES = (8, 12, 16, 24, 32, 48, 64, 96)
+GAUSS_SIZES = (8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 96)
 #: Predicted error ρ^{−2n} the Gauss–Jacobi size must reach (see the module docstring).
-_GAUSS_TARGET = 1e-19
+_GAUSS_TARGET = 1e-17
 
 
 @dataclass(frozen=True)
@@ -308,26 +315,43 @@ def gaussian_kernels(S: Any, hom: Homogeneous, *, derivatives: bool = False) -> 
     return V, W, delta
 
 
+@lru_cache(maxsize=32)
+def _pair_selectors(B: int) -> tuple[np.ndarray, np.ndarray]:
+    """One-hot (B, P) matrices E_i, E_j with x @ E_i = x[..., iu], x @ E_j = x[..., ju] (``np.triu_indices(B, 1)``)."""
+    iu, ju = np.triu_indices(B, 1)
+    Ei, Ej = np.zeros((B, len(iu))), np.zeros((B, len(iu)))
+    Ei[iu, np.arange(len(iu))] = 1.0
+    Ej[ju, np.arange(len(iu))] = 1.0
+    return Ei, Ej
+
+
 def _pair_kernels(a: Any, Sp: Any, iu: Any, ju: Any, hom: Homogeneous) -> tuple[Any, Any]:
     """V = E[φ(z) φ(z)ᵀ] of :func:`gaussian_kernels` from the diagonal ``a`` (..., B) and the entries
-    ``Sp`` (..., P) of S above the diagonal (rows ``iu``, columns ``ju``): (diagonal, upper entries)."""
+    ``Sp`` (..., P) of S above the diagonal (rows ``iu``, columns ``ju`` of ``np.triu_indices``):
+    (diagonal, upper entries).
+
+    The per-pair factors √a_i, √a_j, 1/√a_i, 1/√a_j are spread onto the pairs by products with one-hot
+    matrices (exact: one non-zero term per sum), not by gathers, which XLA's CPU loops did not vectorize
+    (measured: 10–15% of the NNGP's time at B = 16). Rows with a_i = 0 give zeros through √a_i = 0."""
+    Ei, Ej = _pair_selectors(a.shape[-1])
     ok = a > 0
-    sq = jnp.sqrt(jnp.where(ok, a, 1.0))
-    inv = 1.0 / sq
-    both = ok[..., iu] & ok[..., ju]
-    rho = jnp.where(both, jnp.clip(Sp * (inv[..., iu] * inv[..., ju]), -1.0, 1.0), 0.0)
+    root = jnp.sqrt(jnp.where(ok, a, 1.0))
+    inv = 1.0 / root
+    sq = jnp.where(ok, root, 0.0)
+    rho = jnp.clip(Sp * ((inv @ Ei) * (inv @ Ej)), -1.0, 1.0)
     al, cp, cm = hom.alpha, hom.cp, hom.cm
     same, cross = cp * cp + cm * cm, 2.0 * cp * cm
     if al == 1.0:
         k = (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) + (0.5 * jnp.pi + _asin(rho)) * rho) * _INV2PI
         Vn = (same + cross) * k - (0.5 * cross) * rho
-        scale = sq[..., iu] * sq[..., ju]
+        scale = (sq @ Ei) * (sq @ Ej)
     else:
         Vn = same * _k_alpha(al, rho) + cross * _k_alpha(al, -rho)
-        scale = (sq[..., iu] * sq[..., ju]) ** al
+        prod = (sq @ Ei) * (sq @ Ej)
+        scale = jnp.where(prod > 0, jnp.where(prod > 0, prod, 1.0) ** al, 0.0)  # no 0·∞ in forward-mode derivatives
     k_one = 2.0**al * math.gamma(al + 0.5) / (2.0 * math.sqrt(math.pi))
     Vd = jnp.where(ok, same * k_one * (a if al == 1.0 else jnp.where(ok, a, 1.0) ** al), 0.0)
-    return Vd, jnp.where(both, scale * Vn, 0.0)
+    return Vd, scale * Vn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,13 +544,31 @@ def _gauss_sizes(lam: np.ndarray, power: float) -> np.ndarray:
     return np.where(idx < len(sizes), sizes[np.minimum(idx, len(sizes) - 1)], 0)
 
 
+def _centred(c: np.ndarray) -> np.ndarray:
+    """Σ_G = GΣG of a concrete stack (..., B, B) by subtracting row, column and grand means (O(B²), not two
+    matmuls), symmetrised."""
+    rows = np.mean(c, axis=-1, keepdims=True)
+    SG = c - rows - np.mean(c, axis=-2, keepdims=True) + np.mean(rows, axis=-2, keepdims=True)
+    return 0.5 * (SG + np.swapaxes(SG, -1, -2))
+
+
+def _clip_spectra(lam: np.ndarray) -> np.ndarray:
+    return np.where(lam > _ZERO_EIG * np.max(np.abs(lam), axis=-1, keepdims=True), lam, 0.0)
+
+
 def _range_spectra(cov: Any) -> np.ndarray:
     """Eigenvalues of Σ_G = GΣG for a concrete ``cov`` (..., B, B), as (k, B), round-off zeros set to 0."""
     c = np.asarray(cov, dtype=np.float64)
+    return _clip_spectra(np.linalg.eigvalsh(_centred(c)).reshape(-1, c.shape[-1]))
+
+
+def _host_spectra(cov: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(λ (k, B), Q (k, B, B)) of Σ_G = GΣG for a concrete ``cov`` (..., B, B), round-off zeros of λ set to 0:
+    one numpy ``eigh`` that serves both the choice of the s-rule and the kernels (which then do no ``eigh``)."""
+    c = np.asarray(cov, dtype=np.float64)
     B = c.shape[-1]
-    G = np.eye(B) - 1.0 / B
-    lam = np.linalg.eigh(G @ c @ G)[0].reshape(-1, B)
-    return np.where(lam > _ZERO_EIG * np.max(np.abs(lam), axis=-1, keepdims=True), lam, 0.0)
+    lam, Q = np.linalg.eigh(_centred(c))
+    return _clip_spectra(lam.reshape(-1, B)), Q.reshape(-1, B, B)
 
 
 def _row_rules(lam: np.ndarray, eps: Any, tail: float) -> list[SRule | None]:
@@ -549,7 +591,11 @@ def choose_rule(cov: Any, eps: Any = 0.0, beta: float = 1.0, tail: float = 0.0) 
     :func:`nodes_needed` nodes. ``beta``: exponent of the Laplace integral (α for the NNGP of a degree-α φ,
     1 for the NTK); ``tail``: 1 for the NTK transport. Pass the result as ``rule=`` to jit a pipeline on
     inputs like ``cov``."""
-    lam = _range_spectra(cov)
+    return _choose_from_spectra(_range_spectra(cov), eps, beta, tail)
+
+
+def _choose_from_spectra(lam: np.ndarray, eps: Any, beta: float, tail: float) -> SRule:
+    """:func:`choose_rule` from the spectra ``lam`` (k, B) of :func:`_range_spectra` or :func:`_host_spectra`."""
     rows = _row_rules(lam, eps, tail)
     if all(r is not None for r in rows):
         best: SRule | None = None
@@ -564,27 +610,42 @@ def choose_rule(cov: Any, eps: Any = 0.0, beta: float = 1.0, tail: float = 0.0) 
     return SRule("de", _nodes_from_spectra(lam, eps, beta, tail))
 
 
-def _rule_groups(cov: Any, eps: Any, beta: float, tail: float) -> dict[SRule, np.ndarray]:
+def _rule_groups(
+    cov: Any, eps: Any, beta: float, tail: float, lam: np.ndarray | None = None
+) -> dict[SRule, np.ndarray]:
     """Matrices of a concrete batch ``cov`` (..., B, B) grouped by their own s-rule (flat indices): each
-    group is evaluated with the rule it needs instead of the batch's worst (fewer nodes for most)."""
-    lam = _range_spectra(cov)
-    rows = _row_rules(lam, eps, tail)
-    groups: dict[SRule, list[int]] = {}
-    de = [i for i, r in enumerate(rows) if r is None]
-    for i, r in enumerate(rows):
-        if r is not None:
-            groups.setdefault(r, []).append(i)
-    if de:
+    group is evaluated with the rule it needs instead of the batch's worst (fewer nodes for most).
+    ``lam``: the spectra (k, B) of :func:`_host_spectra` when already computed."""
+    if lam is None:
+        lam = _range_spectra(cov)
+    k = lam.shape[0]
+    if float(np.max(np.asarray(eps))) != 0.0:
+        return {SRule("de", _nodes_from_spectra(lam, eps, beta, tail)): np.arange(k)}
+    # _row_rules, vectorised: the smaller Gauss size of the two maps (p = 1 on ties), DE where neither fits
+    n1, n2 = _gauss_sizes(lam, 1.0), _gauss_sizes(lam, 0.5)
+    ok = 0.5 * np.sum(lam > 0, axis=-1) - 1.0 - tail > -1.0
+    use2 = (n2 > 0) & ((n1 == 0) | (n2 < n1))
+    nodes = np.where(use2, n2, n1)
+    gauss = ok & (nodes > 0)
+    groups: dict[SRule, np.ndarray] = {}
+    for n, half in sorted(set(zip(nodes[gauss].tolist(), use2[gauss].tolist()))):
+        groups[SRule("gauss", int(n), 0.5 if half else 1.0)] = np.flatnonzero(gauss & (nodes == n) & (use2 == half))
+    de = np.flatnonzero(~gauss)
+    if de.size:
         groups[SRule("de", _nodes_from_spectra(lam[de], eps, beta, tail))] = de
-    return {r: np.asarray(ix) for r, ix in groups.items()}
+    return groups
 
 
-def _spectrum(cov: Any) -> tuple[Any, Any, Any]:
-    """(Σ_G, λ, Q): the eigendecomposition is of stop_gradient(Σ_G); derivatives flow through :func:`_tilt`."""
+def _spectrum(cov: Any, spec: tuple[Any, Any] | None = None) -> tuple[Any, Any, Any]:
+    """(Σ_G, λ, Q): the eigendecomposition is of stop_gradient(Σ_G); derivatives flow through :func:`_tilt`.
+    ``spec``: (λ, Q) from :func:`_host_spectra` (concrete inputs: no ``eigh`` here; Σ_G then only carries
+    tangents, and without any XLA drops it)."""
     B = cov.shape[-1]
     G = jnp.eye(B, dtype=cov.dtype) - 1.0 / B
     SG = G @ cov @ G
     SG = 0.5 * (SG + SG.T)
+    if spec is not None:
+        return SG, spec[0], spec[1]
     lam, Q = jnp.linalg.eigh(jax.lax.stop_gradient(SG))
     lam = jnp.where(lam > _ZERO_EIG * jnp.max(jnp.abs(lam)), lam, 0.0)
     return SG, lam, Q
@@ -676,18 +737,24 @@ def _smaller(rule: SRule) -> SRule:
     return SRule("gauss", GAUSS_SIZES[i - 1] if i > 0 else max(2, rule.nodes // 2), rule.power)
 
 
-def _nngp_one(cov: Any, eps: Any, hom: Homogeneous, rule: SRule, with_error: bool = True) -> tuple[Any, Any]:
-    """(V, second estimate of V): the half rule (DE) or, with ``with_error``, the next smaller Gauss rule."""
+def _nngp_one(
+    cov: Any, eps: Any, hom: Homogeneous, rule: SRule, with_error: bool = True, spec: tuple[Any, Any] | None = None
+) -> tuple[Any, Any]:
+    """(V, second estimate of V): the half rule (DE) or, with ``with_error``, the next smaller Gauss rule.
+    ``spec``: the host eigendecomposition (λ, Q) of Σ_G (see :func:`_spectrum`)."""
     B = cov.shape[-1]
-    SG, lam, Q = _spectrum(cov)
+    SG, lam, Q = _spectrum(cov, spec)
     beps = B * eps
     al = hom.alpha
     iu, ju = np.triu_indices(B, 1)
     const = B**al / math.gamma(al)
 
+    unpack = np.zeros((B, B), dtype=np.int32)  # (B, B) from [diagonal, upper entries]: a gather, not a scatter
+    unpack[np.arange(B), np.arange(B)] = np.arange(B)
+    unpack[iu, ju] = unpack[ju, iu] = B + np.arange(len(iu))
+
     def assemble(d: Any, p: Any) -> Any:
-        M = jnp.zeros((B, B), d.dtype).at[iu, ju].set(p)
-        return const * (M + M.T + jnp.diag(d))
+        return const * jnp.concatenate([d, p])[unpack]
 
     def integrate(s: Any, omega: Any, half: Any) -> tuple[Any, Any]:
         def chunk(s: Any, omega: Any, half: Any) -> tuple[Any, Any]:
@@ -713,15 +780,17 @@ def _nngp_one(cov: Any, eps: Any, hom: Homogeneous, rule: SRule, with_error: boo
     return V, V2
 
 
-def _ntk_one(cov: Any, theta: Any, eps: Any, hom: Homogeneous, rule: SRule) -> tuple[Any, Any]:
-    """(V, E[J Θ Jᵀ]) for α = 1.
+def _ntk_one(
+    cov: Any, theta: Any, eps: Any, hom: Homogeneous, rule: SRule, spec: tuple[Any, Any] | None = None
+) -> tuple[Any, Any]:
+    """(V, E[J Θ Jᵀ]) for α = 1 (``spec``: as in :func:`_nngp_one`).
 
     The integrand Θ̃⊙W − s(X + Xᵀ) + ½s²Y of the module docstring is regrouped with
     Z = (I − sS) Θ̃ (I − sS) = Θ̃ − s(R + Rᵀ) + s²U (R = Θ̃S, U = SΘ̃S):
     Z⊙W + g_i Δ_ij + g_j Δ_ji + ½s² tr(Θ̃S) V with g = ½(diag Z − diag Θ̃) = −s R_ii + ½s² U_ii.
     """
     B = cov.shape[-1]
-    SG, lam, Q = _spectrum(cov)
+    SG, lam, Q = _spectrum(cov, spec)
     beps = B * eps
     s, omega, _ = _rule_nodes(lam, beps, rule, 1.0, tail=1.0)
     G = jnp.eye(B, dtype=cov.dtype) - 1.0 / B
@@ -792,8 +861,7 @@ def _check_cov(cov: Any, what: str = "cov", *, built: bool = False) -> None:
 
 
 def _check_centred(c: np.ndarray, B: int, scale: np.ndarray) -> None:
-    G = np.eye(B) - 1.0 / B
-    SG = G @ c @ G
+    SG = _centred(c)
     if np.any(np.max(np.abs(SG), axis=(-2, -1)) <= 1e-12 * scale[..., 0, 0]):
         raise KernelError("G Σ G = 0 (every input of the batch identical up to a shift): BN is undefined")
 
@@ -812,8 +880,18 @@ def _as_float(x: Any) -> Any:
     return x
 
 
-#: Elements of the per-node (n, B, B) arrays held at once across a batch of matrices (memory bound).
-_CHUNK_ELEMENTS = 1 << 22
+def _as_float_host(x: Any) -> Any:
+    """:func:`_as_float`, but concrete non-JAX input (numpy, lists) stays a numpy array: the concrete path works
+    in numpy, and a round trip through a device array cost ~2 µs per 16 × 16 matrix."""
+    if isinstance(x, (jax.Array, jax.core.Tracer)):
+        return _as_float(x)
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+
+
+#: Elements of the per-node (n, B, B) arrays held at once across a batch of matrices: small enough to stay in
+#: cache (B = 16, 1000 Σ, 32 nodes: 1 << 18 … 1 << 20 took 20 ms, 1 << 22 took 24 ms and 1 << 24 took 47 ms).
+_CHUNK_ELEMENTS = 1 << 19
 
 
 def _map_batched(fn: Any, xs: Any, per_node: int) -> Any:
@@ -827,11 +905,27 @@ def _map_batched(fn: Any, xs: Any, per_node: int) -> Any:
     return jax.lax.map(fn, xs, batch_size=size)
 
 
+def _flat_spec(cov: Any, lam: Any, Q: Any) -> tuple[Any, Any] | None:
+    """(λ (k, B), Q (k, B, B)) flattened over the batch, or None (the kernels then do their own ``eigh``)."""
+    if lam is None or Q is None:
+        return None
+    B = cov.shape[-1]
+    return jnp.reshape(lam, (-1, B)), jnp.reshape(Q, (-1, B, B))
+
+
 @partial(jax.jit, static_argnames=("hom", "rule", "with_error"))
-def _nngp_exact(cov: Any, eps: Any, hom: Homogeneous, rule: SRule, with_error: bool) -> Any:
+def _nngp_exact(
+    cov: Any, eps: Any, hom: Homogeneous, rule: SRule, with_error: bool, lam: Any = None, Q: Any = None
+) -> Any:
+    """V (and the error estimate) for a stack ``cov`` (..., B, B). ``lam``, ``Q``: the host eigendecomposition
+    of each Σ_G (:func:`_host_spectra`, flat (k, B) and (k, B, B)); without them an ``eigh`` per matrix here."""
     flat = cov.reshape((-1, *cov.shape[-2:]))
     per = 3 * rule.nodes if rule.kind == "de" else 2 * rule.nodes
-    V, Vh = _map_batched(lambda c: _nngp_one(c, eps, hom, rule, with_error), flat, per)
+    spec = _flat_spec(cov, lam, Q)
+    if spec is None:
+        V, Vh = _map_batched(lambda c: _nngp_one(c, eps, hom, rule, with_error), flat, per)
+    else:
+        V, Vh = _map_batched(lambda a: _nngp_one(a[0], eps, hom, rule, with_error, (a[1], a[2])), (flat, *spec), per)
     V, Vh = V.reshape(cov.shape), Vh.reshape(cov.shape)
     if with_error:
         return V, jnp.max(jnp.abs(V - Vh), axis=(-2, -1)) / jnp.max(jnp.abs(V), axis=(-2, -1))
@@ -872,39 +966,54 @@ def _resolve_nodes(
     return SRule("de", nodes)
 
 
-def _grouped(fn: Callable[..., Any], arrays: tuple[Any, ...], groups: dict[SRule, np.ndarray]) -> Any:
-    """``fn(*arrays[idx], rule)`` per group of flat matrix indices, scattered back into the batch order
-    (in numpy: the inputs are concrete, and op-by-op JAX indexing cost more than the kernels).
+#: Matrices per call of a jitted kernel on a concrete batch (the last call of a group padded to a power of two).
+_BLOCK = 128
 
-    Each group is padded (with copies of its first matrix) to the next power of two so that jit compiles
-    one program per (rule, padded size), not one per group size."""
-    shape = arrays[0].shape
-    flats = [np.asarray(a).reshape((-1, *a.shape[-2:])) for a in arrays]
+
+def _blocks(n: int) -> list[int]:
+    """Call sizes covering ``n`` matrices of one rule group: blocks of :data:`_BLOCK`, then the rest padded
+    to a power of two, so that jit compiles at most two programs per rule and call, from a fixed set
+    (a 1000-Σ digits batch at B = 16: 8 programs for its 7 rules; cut into powers of two it took 16)."""
+    full, rest = divmod(n, _BLOCK)
+    return [_BLOCK] * full + ([1 << (rest - 1).bit_length()] if rest else [])
+
+
+def _grouped(
+    fn: Callable[..., Any], batch_shape: tuple[int, ...], flats: tuple[np.ndarray, ...], groups: dict[SRule, np.ndarray]
+) -> Any:
+    """``fn(*[f[idx] for f in flats], rule)`` per group of flat matrix indices, scattered back into the batch
+    order and shape ``batch_shape`` (in numpy: the inputs are concrete, and op-by-op JAX indexing cost more
+    than the kernels). Each group is cut into calls of :func:`_blocks` sizes (the last padded with
+    copies of the group's first matrix)."""
     parts = []
     for rule, idx in groups.items():
-        size = 1 << math.ceil(math.log2(len(idx)))
-        padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
-        parts.append((idx, fn(*[f[padded] for f in flats], rule)))
+        sizes = _blocks(len(idx))
+        padded = np.concatenate([idx, np.full(sum(sizes) - len(idx), idx[0])])
+        start = 0
+        for size in sizes:
+            sel = padded[start : start + size]
+            real = idx[start : start + size]
+            parts.append((real, fn(*[f[sel] for f in flats], rule)))
+            start += size
+    treedef = jax.tree_util.tree_structure(parts[0][1])
     outs: list[Any] = []
-    for leaf in range(len(jax.tree_util.tree_leaves(parts[0][1]))):
-        first = np.asarray(jax.tree_util.tree_leaves(parts[0][1])[leaf])
+    for leaf, first in enumerate(jax.tree_util.tree_leaves(parts[0][1])):
+        first = np.asarray(first)
         o = np.zeros((flats[0].shape[0], *first.shape[1:]), first.dtype)
-        for idx, res in parts:
-            o[idx] = np.asarray(jax.tree_util.tree_leaves(res)[leaf])[: len(idx)]
-        outs.append(jnp.asarray(o.reshape((*shape[:-2], *o.shape[1:]))))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(parts[0][1]), outs)
+        for real, res in parts:
+            o[real] = np.asarray(jax.tree_util.tree_leaves(res)[leaf])[: len(real)]
+        outs.append(jnp.asarray(o.reshape((*batch_shape, *o.shape[1:]))))
+    return jax.tree_util.tree_unflatten(treedef, outs)
 
 
-def _many(cov: Any, eps: Any, nodes: int | None, rule: SRule | None) -> bool:
-    """Per-matrix rules apply: a concrete batch of several matrices and no rule or node count given."""
-    return (
-        nodes is None
-        and rule is None
-        and _is_concrete(cov)
-        and _is_concrete(eps)
-        and cov.ndim > 2
-        and math.prod(cov.shape[:-2]) > 1
-    )
+def _concrete_groups(
+    cov: Any, eps: Any, beta: float, tail: float, nodes: int | None, rule: SRule | None, lam: np.ndarray
+) -> dict[SRule, np.ndarray]:
+    """The s-rule(s) of a concrete batch with host spectra ``lam`` (k, B): one per matrix (:func:`_rule_groups`)
+    unless ``nodes`` or ``rule`` fix one for all."""
+    if nodes is None and rule is None:
+        return _rule_groups(cov, eps, beta, tail, lam)
+    return {_resolve_nodes(nodes, cov, eps, beta, tail, rule): np.arange(lam.shape[0])}
 
 
 @in_float64
@@ -942,25 +1051,38 @@ def batchnorm_nngp(
     Bad input (non-symmetric or non-PSD Σ, NaN, B < 4, ε < 0) raises :class:`KernelError` /
     :class:`BatchSizeError` when the arguments are concrete; under ``jit`` it is not checked.
     """
-    cov = _as_float(cov)
+    cov = _as_float_host(cov)
     _check_cov(cov)
     _check_eps(eps)
     hom = _exact_parts(activation, exact, need_ntk=False)
     if hom is None:
         return _nngp_monte_carlo(cov, activation, eps, key, samples)
     eps_a = jnp.asarray(eps, dtype=cov.dtype)
-    if _many(cov, eps, nodes, rule):
-        groups = _rule_groups(cov, eps, hom.alpha, 0.0)
-        return _grouped(lambda c, r: _nngp_exact(c, eps_a, hom, r, return_error), (cov,), groups)
+    if _is_concrete(cov) and _is_concrete(eps):  # one host eigh per matrix: its rule, and no eigh in the kernel
+        lam, Q = _host_spectra(cov)
+        groups = _concrete_groups(cov, eps, hom.alpha, 0.0, nodes, rule, lam)
+        flat = np.asarray(cov, dtype=np.float64).reshape(-1, *cov.shape[-2:])
+        eps64 = jnp.asarray(eps, dtype=jnp.float64)
+        fn = lambda c, w, q, r: _nngp_exact(c, eps64, hom, r, return_error, w, q)
+        return _grouped(fn, cov.shape[:-2], (flat, lam, Q), groups)
     srule = _resolve_nodes(nodes, cov, eps, hom.alpha, rule=rule)
     return _nngp_exact(cov, eps_a, hom, srule, return_error)
 
 
 @partial(jax.jit, static_argnames=("hom", "rule"))
-def _ntk_exact(cov: Any, theta: Any, eps: Any, hom: Homogeneous, rule: SRule) -> tuple[Any, Any]:
+def _ntk_exact(
+    cov: Any, theta: Any, eps: Any, hom: Homogeneous, rule: SRule, lam: Any = None, Q: Any = None
+) -> tuple[Any, Any]:
+    """(V, E[J Θ Jᵀ]) for a stack ``cov``; ``lam``, ``Q`` as in :func:`_nngp_exact`."""
     flat = cov.reshape((-1, *cov.shape[-2:]))
     tflat = jnp.broadcast_to(theta, cov.shape).reshape(flat.shape)
-    V, T = _map_batched(lambda ct: _ntk_one(ct[0], ct[1], eps, hom, rule), (flat, tflat), 8 * rule.nodes)
+    spec = _flat_spec(cov, lam, Q)
+    if spec is None:
+        V, T = _map_batched(lambda ct: _ntk_one(ct[0], ct[1], eps, hom, rule), (flat, tflat), 8 * rule.nodes)
+    else:
+        V, T = _map_batched(
+            lambda a: _ntk_one(a[0], a[1], eps, hom, rule, (a[2], a[3])), (flat, tflat, *spec), 8 * rule.nodes
+        )
     return V.reshape(cov.shape), T.reshape(cov.shape)
 
 
@@ -984,9 +1106,9 @@ def batchnorm_ntk(
     (identity, relu, leaky_relu(a)) by the Laplace/Stein reduction in the module docstring; other φ:
     Monte Carlo (returns two :class:`MonteCarloKernel`). ``theta`` broadcasts against ``cov``.
     """
-    cov = _as_float(cov)
+    cov = _as_float_host(cov)
     _check_cov(cov)
-    theta = _as_float(theta)
+    theta = _as_float_host(theta)
     if _is_concrete(theta) and not np.all(np.isfinite(np.asarray(theta))):
         raise KernelError("theta contains NaN or inf")
     if theta.shape[-2:] != cov.shape[-2:]:
@@ -996,10 +1118,14 @@ def batchnorm_ntk(
     if hom is None:
         return _ntk_monte_carlo(cov, theta, activation, eps, key, samples)
     eps_a = jnp.asarray(eps, dtype=cov.dtype)
-    if _many(cov, eps, nodes, rule):
-        groups = _rule_groups(cov, eps, 1.0, 1.0)
-        tb = jnp.broadcast_to(theta, cov.shape)
-        return _grouped(lambda c, t, r: _ntk_exact(c, t, eps_a, hom, r), (cov, tb), groups)
+    if _is_concrete(cov) and _is_concrete(eps) and _is_concrete(theta):
+        lam, Q = _host_spectra(cov)
+        groups = _concrete_groups(cov, eps, 1.0, 1.0, nodes, rule, lam)
+        flat = np.asarray(cov, dtype=np.float64).reshape(-1, *cov.shape[-2:])
+        tflat = np.broadcast_to(np.asarray(theta, dtype=np.float64), cov.shape).reshape(flat.shape)
+        eps64 = jnp.asarray(eps, dtype=jnp.float64)
+        fn = lambda c, t, w, q, r: _ntk_exact(c, t, eps64, hom, r, w, q)
+        return _grouped(fn, cov.shape[:-2], (flat, tflat, lam, Q), groups)
     srule = _resolve_nodes(nodes, cov, eps, 1.0, tail=1.0, rule=rule)
     return _ntk_exact(cov, theta, eps_a, hom, srule)
 

@@ -39,6 +39,9 @@ from symbnmf._errors import ActivationError
 from symbnmf.kernels.nngp import (
     KernelError,
     _check_cov,
+    _choose_from_spectra,
+    _host_spectra,
+    _is_concrete,
     _ntk_exact,
     _phi_jax,
     _resolve_nodes,
@@ -140,6 +143,14 @@ def _bn_activation_kernel(activation: Any, eps: float, nodes: int | None, sample
 
     def same_batch(K: Any, T: Any) -> tuple[Any, Any]:
         _check_cov(K, "the pre-activation NNGP of a batch at a BatchNorm layer", built=True)
+        if exact and _is_concrete(K) and _is_concrete(T):  # one host eigh: the rule, and none in the kernel
+            lam, Q = _host_spectra(K)
+            n = (
+                _choose_from_spectra(lam, eps, 1.0, 1.0)
+                if nodes is None
+                else _resolve_nodes(nodes, K, eps, 1.0, tail=1.0)
+            )
+            return _ntk_exact(K, T, jnp.asarray(eps, jnp.float64), hom, n, lam, Q)
         if exact:
             n = _resolve_nodes(nodes, K, eps, 1.0, tail=1.0)
             return _ntk_exact(K, T, jnp.asarray(eps, K.dtype), hom, n)

@@ -354,7 +354,7 @@ def test_gauss_rule_refuses_eps():
 
 def test_batch_is_evaluated_per_matrix_rule():
     """A concrete batch mixing near-BSB1 and ill-conditioned Σ: each matrix gets its own s-rule (groups
-    padded to powers of two), and the batched result equals the one-matrix calls and a fine DE rule."""
+    called in blocks), and the batched result equals the one-matrix calls and a fine DE rule."""
     from symbnmf.kernels.nngp import _rule_groups
 
     B = 8
@@ -369,3 +369,27 @@ def test_batch_is_evaluated_per_matrix_rule():
     assert V2.shape == (5, 1, B, B)
     _, Tref = batchnorm_ntk(covs, np.eye(B), "relu", nodes=1025)
     assert rel(np.asarray(T2)[:, 0], Tref) < 1e-12
+
+
+def test_host_spectrum_path_matches_the_traced_path():
+    """Concrete calls take λ and Q of Σ_G from one host ``eigh`` (which also chooses each matrix's rule) and
+    skip the kernel's own ``eigh``; traced calls (the caller's jit) do the ``eigh`` in the kernel. Both agree
+    to 1e-13 (NNGP and NTK), on a batch of several rule groups."""
+    from symbnmf.kernels.nngp import _BLOCK, _blocks, choose_rule
+
+    assert _blocks(2 * _BLOCK + 5) == [_BLOCK, _BLOCK, 8] and _blocks(5) == [8] and _blocks(1) == [1]
+    B = 8
+    covs = np.stack(
+        [bsb1(B, 1.3, 0.3) + 0.01 * random_cov(B, s, 4 * B) for s in range(3)]
+        + [random_cov(B, 20 + s) for s in range(6)]
+        + [random_cov(B, 30, 3) + 0.1]
+    )
+    theta = bsb1(B, 1.2, 0.2)
+    V = np.asarray(batchnorm_nngp(covs, "relu"))
+    V2, T = (np.asarray(x) for x in batchnorm_ntk(covs, theta, "relu"))
+    nngp_jit = jax.jit(lambda c, r: batchnorm_nngp(c, "relu", rule=r), static_argnums=1)
+    ntk_jit = jax.jit(lambda c, r: batchnorm_ntk(c, theta, "relu", rule=r), static_argnums=1)
+    for i, c in enumerate(covs):
+        assert rel(nngp_jit(jnp.asarray(c), choose_rule(c)), V[i]) < 1e-13, i
+        Vt, Tt = ntk_jit(jnp.asarray(c), choose_rule(c, tail=1.0))
+        assert rel(Vt, V2[i]) < 1e-13 and rel(Tt, T[i]) < 1e-13, i
