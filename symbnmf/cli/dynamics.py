@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from symbnmf.cli.util import check_output, print_json, write_text
+from symbnmf.cli.util import add_memory_budget_argument, check_output, print_json, write_text
 
 NAME = "dynamics"
 HELP = "gradient/weight norms per layer over the first training steps vs the scale-invariance prediction"
@@ -29,13 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, default=0.0, help="BN beta at initialisation")
     parser.add_argument("--eps", type=float, default=0.0, help="BN variance offset epsilon")
     parser.add_argument("--theory-method", default="auto", choices=["auto", "closed-form", "quadrature", "fast"])
-    parser.add_argument(
-        "--memory-budget",
-        metavar="SIZE",
-        default=None,
-        help="working memory, e.g. 512M or 2G (default: a quarter of the available RAM, at most 1G); networks "
-        "run in chunks that fit it (every layer rematerialised when one network does not), recorded in the JSON",
-    )
+    add_memory_budget_argument(parser)
     parser.add_argument("--output", metavar="PREFIX", help="write PREFIX.json (summary) and PREFIX.png (figure)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object (the summary) on stdout")

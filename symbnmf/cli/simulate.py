@@ -9,6 +9,7 @@ from typing import Any
 
 from symbnmf._errors import SymbnmfError
 from symbnmf._output import atomic_output, check_output
+from symbnmf.cli.util import add_memory_budget_argument
 
 NAME = "simulate"
 HELP = (
@@ -46,13 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="bind an activation parameter (repeatable)"
     )
-    parser.add_argument(
-        "--memory-budget",
-        metavar="SIZE",
-        default=None,
-        help="working memory for the simulation, e.g. 512M or 2G (default: a quarter of the available RAM, "
-        "at most 1G); networks run in chunks that fit it, with identical results",
-    )
+    add_memory_budget_argument(parser)
     parser.add_argument(
         "--save",
         metavar="FILE.npz",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from symbnmf.cli.util import write_text
+from symbnmf.cli.util import add_memory_budget_argument, write_text
 from symbnmf.experiments.trainability import DEFAULT_BATCHES, DEFAULT_DEPTHS, check_outputs, run_grid, write_figure
 
 NAME = "trainability"
@@ -46,13 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="networks per cell (default 1); >1 trains them batched and sharded over all JAX devices",
     )
     parser.add_argument("--theory-method", default="auto", choices=["auto", "closed-form", "quadrature", "fast"])
-    parser.add_argument(
-        "--memory-budget",
-        metavar="SIZE",
-        default=None,
-        help="working memory, e.g. 512M or 2G (default: a quarter of the available RAM, at most 1G); networks "
-        "run in chunks that fit it (every layer rematerialised when one network does not), recorded in the JSON",
-    )
+    add_memory_budget_argument(parser)
     parser.add_argument("--output", default="trainability", help="output prefix: writes PREFIX.png and PREFIX.json")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.add_argument(

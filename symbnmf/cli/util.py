@@ -34,6 +34,17 @@ def add_json_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
+def add_memory_budget_argument(p: argparse.ArgumentParser) -> None:
+    """``--memory-budget SIZE`` of the commands that run many networks (simulate, dynamics, trainability)."""
+    p.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        default=None,
+        help="working memory, e.g. 512M or 2G (default: a quarter of the available RAM, at most 1G); networks "
+        "run in chunks that fit it (every layer rematerialised when one network does not), recorded in the JSON",
+    )
+
+
 def parse_params(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
