@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from symbnmf.fast._compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a repeated command loads its programs instead of compiling them
     from symbnmf.cli.simulate import parse_size
     from symbnmf.experiments.dynamics import DynamicsConfig, measure_dynamics, write_figure
 

@@ -57,6 +57,10 @@ def _load_inputs(path: str) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import jax
 
+    from symbnmf.fast._compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a repeated command loads its programs instead of compiling them
+
     from symbnmf._activations import get_activation
     from symbnmf.kernels.stax import bn_network
 

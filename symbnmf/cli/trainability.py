@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from symbnmf.fast._compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a repeated command loads its programs instead of compiling them
     prefix = args.output
     for suffix in (".png", ".json"):
         if prefix.endswith(suffix):

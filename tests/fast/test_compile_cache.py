@@ -78,3 +78,35 @@ def test_opt_out(tmp_path):
     out = _run(env)
     assert out["counts"].get(HIT, 0) == 0 and out["counts"].get(EXE_HIT, 0) == 0
     assert not (tmp_path / "jax").exists() and not (tmp_path / "jax-exe").exists()
+
+
+KERNEL_CHILD = """
+import json, sys
+from jax import monitoring
+counts = {}
+monitoring.register_event_listener(lambda name, **kw: counts.__setitem__(name, counts.get(name, 0) + 1))
+from symbnmf.cli.main import main
+rc = main(["kernel", "relu", "--inputs", sys.argv[1], "--depth", "2", "--json"])
+print(json.dumps({"rc": rc, "counts": counts}))
+"""
+
+
+def test_kernel_command_compiles_once(tmp_path):
+    """``symbnmf kernel`` (and dynamics, trainability) use JAX's persistent cache too: the second
+    process loads every program (hits, no misses)."""
+    import numpy as np
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).standard_normal((8, 5)))
+    env = dict(os.environ, SYMBNMF_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("SYMBNMF_NO_COMPILE_CACHE", None)
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", KERNEL_CHILD, str(x)], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert runs[0]["rc"] == runs[1]["rc"] == 0
+    assert runs[0]["counts"].get(MISS, 0) >= 1
+    assert runs[1]["counts"].get(MISS, 0) == 0 and runs[1]["counts"].get(HIT, 0) >= 1, runs[1]["counts"]
