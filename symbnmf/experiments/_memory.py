@@ -43,15 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from symbnmf._chunking import CHUNK_BUCKETS as CHUNK_BUCKETS
+from symbnmf._chunking import VMAP_WIDTH as VMAP_WIDTH
+from symbnmf._chunking import bucket_down, bucket_up
 from symbnmf._errors import SymbnmfError
-
-#: Networks per call and device (as in ``symbnmf simulate``): every call vmaps this many networks per
-#: device (fewer only when there are fewer networks, or when the budget cannot hold them), so the
-#: compiled program, and each network's floating-point operations, do not depend on the number of networks.
-VMAP_WIDTH = 8
-
-#: Narrower calls are rounded up to one of these (padding networks are computed and dropped).
-CHUNK_BUCKETS: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
 
 #: Copies of the parameters live in one step of the dynamics measurement (params, initial params,
 #: grads, optimiser state, updated params, update; measured 4.3-5.1 with the scan's loop buffers).
@@ -144,16 +139,6 @@ class MemoryPlan:
         }
 
 
-def _bucket(n: int) -> int:
-    """Smallest bucket >= n, at most :data:`VMAP_WIDTH`."""
-    return min(b for b in CHUNK_BUCKETS if b >= min(max(1, n), VMAP_WIDTH))
-
-
-def _bucket_below(n: int) -> int:
-    """Largest bucket <= n (at least 1)."""
-    return max(b for b in CHUNK_BUCKETS if b <= max(1, n))
-
-
 def plan_networks(
     networks: int,
     per_network: Callable[[bool], int],
@@ -184,9 +169,9 @@ def plan_networks(
     if chunk is not None:
         w = -(-max(1, int(chunk)) // nd)
     else:
-        w = _bucket(-(-networks // nd))
+        w = bucket_up(-(-networks // nd))
         if bpn * w * nd > budget:
-            w = _bucket_below(budget // (bpn * nd))
+            w = bucket_down(budget // (bpn * nd))
     size = w * nd
     kept = int(kept_per_network)
     return MemoryPlan(

@@ -39,6 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symbnmf._chunking import CHUNK_BUCKETS as CHUNK_BUCKETS
+from symbnmf._chunking import VMAP_WIDTH as VMAP_WIDTH
+from symbnmf._chunking import bucket_down, bucket_up
 from symbnmf.fast._compile_cache import enable_compilation_cache
 from symbnmf.montecarlo.layers import (
     batch_norm,
@@ -51,15 +54,6 @@ from symbnmf.montecarlo.layers import (
 
 #: Names of the per-layer covariance statistics returned in ``stats[..., i]`` (see :func:`cov_stats`).
 STAT_NAMES: tuple[str, ...] = ("diag", "offdiag", "mu", "L", "M")
-
-#: Networks per compiled call, per device: every call vmaps this many networks (fewer only when
-#: there are fewer networks, or when the memory budget cannot hold them), so the compiled program
-#: and each network's floating-point operations are the same whatever the number of networks.
-VMAP_WIDTH = 8
-
-#: Smaller call widths are rounded up to one of these (padding networks are computed and dropped).
-CHUNK_BUCKETS: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
-
 
 #: XLA options for the Monte Carlo programs: LLVM optimisation level 1 instead of the default 2
 #: compiles ~27% faster (CPU time) with the same run time (measured at N=512, B=8 and N=2048, B=32),
@@ -366,15 +360,6 @@ def default_memory_budget() -> int:
     return int(min(1 << 30, max(64 << 20, available_memory() // 4)))
 
 
-def _bucket(n: int) -> int:
-    """Smallest bucket >= n (n <= VMAP_WIDTH)."""
-    return min(b for b in CHUNK_BUCKETS if b >= min(n, VMAP_WIDTH))
-
-
-def _bucket_below(n: int) -> int:
-    return max(b for b in CHUNK_BUCKETS if b <= max(1, n))
-
-
 @dataclass(frozen=True)
 class ChunkPlan:
     """How :func:`run_networks` splits ``networks`` networks: ``nchunks`` calls of ``chunk`` networks."""
@@ -407,12 +392,12 @@ def plan_chunks(cfg: NetConfig, networks: int, *, memory_bytes: int | None = Non
     """
     budget = int(memory_bytes) if memory_bytes is not None else default_memory_budget()
     nd = max(1, int(devices))
-    w = _bucket(-(-networks // nd))
+    w = bucket_up(-(-networks // nd))
     if cfg.backward and not cfg.remat and bytes_per_network(cfg) * w * nd > budget:
         cfg = replace(cfg, remat=True)
     bpn = bytes_per_network(cfg)
     if bpn * w * nd > budget:
-        w = _bucket_below(budget // (bpn * nd))
+        w = bucket_down(budget // (bpn * nd))
     chunk = w * nd
     return ChunkPlan(
         cfg=cfg,
