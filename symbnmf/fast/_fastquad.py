@@ -489,18 +489,24 @@ def _iterated_expectations(integrand, kinks, B, rule, params):
     half = jnp.pi / 2
     # outer cuts: the kinks y1 = k, and the theta where a kink line y2 = k is tangent to the
     # inner circle (there the inner integral is not smooth in theta): (B-1) cos(theta -+ alpha)
-    # = -k sqrt(B-1), i.e. cos(theta -+ alpha) = -k/R, with cos(alpha) = 1/(B-1)
+    # = -k sqrt(B-1), i.e. cos(theta -+ alpha) = -k/R, with cos(alpha) = 1/(B-1). With
+    # base = arccos(-k/R) in [0, pi] the solutions in [0, pi] are among alpha + base,
+    # 2 pi - alpha - base (in (0, pi) exactly when alpha + base > pi: e.g. leaky ReLU at
+    # beta = -0.4, B = 4, t in (0.23, 0.69); without it the inner integral's branch point
+    # |theta - theta_t|^((B-3)/2) sat inside a piece and the fast rules converged algebraically)
+    # and |alpha - base| (alpha - base + 2 pi > pi never counts)
     alpha = jnp.arccos(1 / (Bc - 1))
     base = jnp.arccos(jnp.clip(-ks / R, -1.0, 1.0))
     th_cut = jnp.concatenate(
         [
             jnp.arccos(jnp.clip(ks / R, -1.0, 1.0)),
             alpha + base,
+            2 * jnp.pi - alpha - base,
             alpha - base,
             base - alpha,
         ],
         axis=0,
-    )  # [4r, C, nB] (-alpha - base < 0 never counts); values outside [0, pi] clip to empty pieces
+    )  # [5r, C, nB]; values outside [0, pi] clip to empty pieces
     # Next to a tangency the inner integral behaves like |theta - theta_t|^((B-3)/2) on one side:
     # analytic for odd B, algebraic for even B, where small B (<= 8) needs the square-root map of
     # _pieces. The singular points are the tangencies only (not the kinks y1 = k, where only f1 is

@@ -436,7 +436,9 @@ def _values(terms: dict, B: int, dps: int, t: sp.Expr, what: str) -> dict:
                 index[key] = len(pairs)
                 pairs.append(key)
             plan[name].append((c, index[key]))
-    vals = sphere_expectations(pairs, B, dps, what=what)
+    # sphere_expectations appends " at B=...": name the radial factor instead of repeating B
+    where = f"{what.removesuffix(f' at B={B}')} at t={float(t):.17g}"
+    vals = sphere_expectations(pairs, B, dps, what=where)
     out = {}
     for name, items in plan.items():
         out[name] = sum((mpmath.mpf(_rational_or_float(sp.sympify(c), dps)) * vals[i] for c, i in items), mp.zero)

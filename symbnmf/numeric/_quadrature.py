@@ -586,7 +586,14 @@ def _two_coordinates(
     if outer_rule == SIN2:  # the square-root map only at the exits (plain Gauss-Legendre elsewhere)
         kind = {0: "gauss-legendre", 1: SQRT_LO, 2: SQRT_HI, 3: SIN2}
         outer_rules = [kind[(a in exits) + 2 * (b in exits)] for a, b in opieces]
-    inner_err = [mp.zero]
+    # error of the outer sums from the inner integrals: sum_k |w_k| err_k over the psi nodes of an
+    # outer piece (largest over its degrees; tanh-sinh sums accumulate as in _vquad), added over the
+    # pieces. Weighting by |w_k| matters where an outer piece is tiny: a kink line nearly tangent to
+    # the circle (k ~ R, the tau node at a kink's exit) leaves inner pieces of width ~1e-15 whose
+    # kink, asin(k/(R cos psi)) with 1 - k/(R cos psi) ~ 10^-dps, is not resolved to working
+    # precision; their inner estimates (~1e-16) are then weighted by the piece's width (~1e-14).
+    piece_inner_err: dict[tuple[Any, Any], Any] = {}
+    piece_inner_prev: dict[tuple[Any, Any], Any] = {}
     # large B: the weight cos^{B-4} concentrates at sin(theta) ~ 1/sqrt(B); grade the theta pieces
     # geometrically there (poles of e.g. tanh(A sin theta) sit at distance ~ 1/sqrt(B) from 0)
     grading: set[Any] = set()
@@ -623,6 +630,7 @@ def _two_coordinates(
 
     def inner(a_psi: Any, b_psi: Any, degree_psi: int, psi_nodes: Sequence[tuple[Any, Any]]) -> list[Any]:
         acc_out = [mp.zero] * npairs
+        ierr = mp.zero
         for psi, wpsi in psi_nodes:
             A1 = R * mpmath.cos(psi)
             A2 = R * mpmath.cos(psi - psi2)
@@ -679,8 +687,7 @@ def _two_coordinates(
                         return [_from_gmpy(gmpy2.mpfr(v)) for v in acc]
 
                 vals, err = _vquad(G, tpieces, nl, inner_rule, inner_tol, nodes=not lazy)
-                if err > inner_err[0]:
-                    inner_err[0] = err
+                ierr += abs(wpsi) * err
                 for q, m in enumerate(live):
                     acc_out[m] += wpsi * vals[q]
                 continue
@@ -703,14 +710,18 @@ def _two_coordinates(
                     return [_from_gmpy(v) for v in acc] if fast else acc
 
             vals, err = _vquad(G, tpieces, nl, inner_rule, inner_tol)
-            if err > inner_err[0]:
-                inner_err[0] = err
+            ierr += abs(wpsi) * err
             for q, m in enumerate(live):
                 acc_out[m] += wpsi * vals[q]
+        key = (a_psi, b_psi)
+        if outer_rule == "tanh-sinh":  # the outer sum is prev/2 + h * (sum over the new nodes)
+            ierr = piece_inner_prev.get(key, mp.zero) / 2 + mpmath.ldexp(1, -degree_psi) * ierr
+            piece_inner_prev[key] = ierr
+        piece_inner_err[key] = max(piece_inner_err.get(key, mp.zero), ierr)
         return acc_out
 
     vals, err = _vquad(inner, opieces, npairs, outer_rule, tol / (2 * norm), rules=outer_rules)
-    err = err + inner_err[0] * 2 * mp.pi
+    err = err + sum(piece_inner_err.values(), mp.zero)
     return [v * norm for v in vals], err * norm
 
 

@@ -292,3 +292,66 @@ def test_tanh_matches_mpmath(B, eps, sw, gamma, beta):
     fast = fast_evaluate_eps("tanh", B, eps=eps, weight_var=sw, gamma=gamma, beta=beta)
     ref = evaluate_eps("tanh", B, eps=eps, weight_var=sw, gamma=gamma, beta=beta)
     _agree(fast, ref)
+
+
+def test_iterated_rule_at_every_tangency_of_a_kink_line():
+    """Regression (leaky ReLU(0.2), beta = -0.4, B = 4: "rules (96, 84) and (64, 56) differ by
+    8e-08"): the kink line y2 = k is tangent to the inner circle of the iterated rule where
+    cos(theta -+ alpha) = -k/R; the root theta = 2 pi - alpha - arccos(-k/R) (in (0, pi) when
+    alpha + arccos(-k/R) > pi, here for t in (0.23, 0.69)) was missing from the theta cuts, so the
+    inner integral's branch point |theta - theta_t|^(1/2) sat inside a piece and the rules converged
+    algebraically (relative fine/coarse gaps 1e-5 at every such t, not only at the corner exit
+    t = 0.4, where the corner (1, 1) of the kink lines is on the edge of the support). Now the
+    smallest rule pair agrees to rounding and the values match the mpmath sphere quadrature."""
+    import sympy as sp
+
+    from symbnmf._activations import x
+    from symbnmf.fast._epsquad import _integrals
+    from symbnmf.numeric._epsilon import _values
+    from symbnmf.symbolic._algebra import B as Bsym
+    from symbnmf.symbolic._epsilon import concrete_terms
+
+    phi = get_activation("leaky_relu(0.2)").bound_expr
+    ev = _integrals(phi, False, 1e-10)
+    ts = np.array([0.3, 0.39, 0.4, 0.4 + 1e-9, 0.41, 0.6])
+    args = [ts, np.ones_like(ts), np.full_like(ts, -0.4)]
+    small, coarse = ev._compute([4], args, ts.size, ((32, 28), (28, 24)))
+    np.testing.assert_allclose(small, coarse, rtol=0, atol=1e-13)
+    terms = {
+        name: tuple((sp.sympify(c).subs(Bsym, 4), f1, f2) for c, f1, f2 in tt)
+        for name, tt in concrete_terms(phi, x, sp.Integer(1), sp.Rational(-2, 5)).items()
+    }
+    for j, t in [(0, sp.Rational(3, 10)), (2, sp.Rational(2, 5))]:  # a missing tangency; the corner exit
+        with mpmath.workdps(26):
+            ref = _values(terms, 4, 18, t, "test")
+        for i, name in enumerate(ev._plan.names):
+            assert small[i, j, 0] == pytest.approx(float(ref[name]), rel=1e-13, abs=1e-14), (float(t), name)
+
+
+def test_leaky_relu_negative_beta_against_explicit_maps():
+    """leaky ReLU(0.2) at beta = -0.4, B = 4, eps = 0.1 (the refused case of issue 12) against the
+    explicit B x B maps (seeded Monte Carlo, tests/explicit.py). sigma_w^2 = 2: BSB1 (mu* = 0.376,
+    tau = mu s/(mu s + B eps) sweeps over the cuts 0.053, 0.16 of the tables); sigma_w^2 = 1
+    collapses. (The mpmath path agrees too but needs ~4 minutes for its tables.)"""
+    import explicit as ex
+
+    def leaky(v):
+        return np.where(v > 0, v, 0.2 * v)
+
+    def dleaky(v):
+        return np.where(v > 0, 1.0, 0.2)
+
+    B, eps, beta = 4, 0.1, -0.4
+    r = fast_evaluate_eps("leaky_relu(0.2)", B, eps=eps, weight_var=[1.0, 2.0], beta=beta)
+    assert list(r["phase"]) == ["collapsed", "bsb1"]
+    mu, sw = float(r["mu"][1]), 2.0
+    assert ex.eps_fixed_point(leaky, B, eps, sw, beta=beta, n=60_000) == pytest.approx(mu, rel=5e-3)
+    fp = ex.eps_fixed_point_entries(leaky, B, eps, sw, mu, beta=beta, n=100_000)
+    assert abs(fp["diag"].z(float(r["fixed_point.diag"][1]))) < 4.5
+    assert abs(fp["offdiag"].z(float(r["fixed_point.offdiag"][1]))) < 4.5
+    D = ex.test_directions(B)
+    for X in "GLM":
+        f = ex.eps_forward_rayleigh(leaky, B, D[X], eps, sw, mu, beta=beta, n=60_000)
+        b = ex.eps_backward_rayleigh(leaky, dleaky, B, D[X], eps, sw, mu, beta=beta, n=20_000)
+        assert abs(f.z(float(r[f"forward.{X}"][1]))) < 4.5, X
+        assert abs(b.z(float(r[f"backward.{X}"][1]))) < 4.5, X

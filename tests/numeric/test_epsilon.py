@@ -340,3 +340,39 @@ def test_eps_derivation_latex_fits_the_page(act, tmp_path):
     assert run.returncode == 0, log[-2000:]
     overfull = [ln for ln in log.splitlines() if ln.startswith(("Overfull", "Underfull \\vbox"))]
     assert overfull == [], overfull
+
+
+def test_sphere_integrals_with_a_kink_line_tangent_to_the_disk():
+    """Regression (leaky ReLU(0.2), B = 4, beta = -0.4, eps = 0.1: ConvergenceError "error estimate
+    1e-16 > 1e-20"): at the tau node of the exit tau = u^2/(B-1) the kink line y_j = -beta/(gamma t)
+    is tangent to the disk of (y1, y2) to ~1e-28 (t is sqrt(tau) rounded to a binary rational). Its
+    exits cut outer psi pieces of width ~1e-14, whose inner theta kinks asin(k/(R cos psi)) are not
+    resolved to working precision (1 - k/(R cos psi) ~ 1e-28): inner estimates ~1e-16, which used
+    to be charged as if over the whole circle (max * 2 pi) instead of over those pieces (sum of the
+    psi weights times the inner estimates). Reference: on the disk y_j <= sqrt(3) ~ k, so phi is
+    the linear branch 0.2 (beta + t y) up to a cap of relative size ~1e-56."""
+    from symbnmf.numeric._quadrature import sphere_expectations
+    from symbnmf.symbolic._sphere import y1, y2
+
+    t = sp.Rational(571780011937624156677023383, 2475880078570760549798248448)  # the failing node
+    beta = sp.Rational(-2, 5)
+    assert abs(float(-beta / t) - 3**0.5) < 1e-15
+    phi = get_activation("leaky_relu(0.2)").bound_expr
+    from symbnmf._activations import x
+
+    f1, f2 = (phi.subs(x, beta + t * y) for y in (y1, y2))
+    d1, d2 = (sp.diff(phi, x).subs(x, beta + t * y) for y in (y1, y2))
+    pairs = [(f1, f2), (d1, d2), (y1**2 * d1, d2), (y1 * d1, y2 * d2), (f1**2, 1)]
+    vals = sphere_expectations(pairs, 4, 18)
+    with mpmath.workdps(30):
+        b, tt = (mpmath.mpf(v.p) / v.q for v in (beta, t))
+        # E y_j^2 = 1, E y1 y2 = -1/(B - 1) = -1/3 at B = 4
+        want = [
+            mpmath.mpf("0.04") * (b**2 - tt**2 / 3),
+            mpmath.mpf("0.04"),
+            mpmath.mpf("0.04"),
+            mpmath.mpf("-0.04") / 3,
+            mpmath.mpf("0.04") * (b**2 + tt**2),
+        ]
+        for v, w in zip(vals, want):
+            assert abs(v - w) < mpmath.mpf(10) ** -18, (v, w)
