@@ -316,32 +316,6 @@ def test_sin2_rule_resolves_square_root_ends():
         assert abs(plain - exact) > mpmath.mpf(10) ** -8
 
 
-@pytest.mark.parametrize("act", ["relu", pytest.param("leaky_relu", marks=pytest.mark.slow)])
-def test_eps_derivation_latex_fits_the_page(act, tmp_path):
-    """derivations/relu_eps.tex had 12 overfull boxes: the eps documents abbreviate
-    P_{B/2 + j}(B eps/(2 mu)) as P_j and break every long equation, terms included
-    (symbolic._epsforms.long_equation_latex)."""
-    import shutil
-    import subprocess
-
-    from symbnmf.symbolic._epsforms import derive_eps
-
-    if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base)")
-    (tmp_path / "d.tex").write_text(derive_eps(act).latex())
-    run = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    log = (tmp_path / "d.log").read_text(errors="replace")
-    assert run.returncode == 0, log[-2000:]
-    overfull = [ln for ln in log.splitlines() if ln.startswith(("Overfull", "Underfull \\vbox"))]
-    assert overfull == [], overfull
-
-
 def test_sphere_integrals_with_a_kink_line_tangent_to_the_disk():
     """Regression (leaky ReLU(0.2), B = 4, beta = -0.4, eps = 0.1: ConvergenceError "error estimate
     1e-16 > 1e-20"): at the tau node of the exit tau = u^2/(B-1) the kink line y_j = -beta/(gamma t)

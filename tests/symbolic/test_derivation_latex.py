@@ -57,11 +57,25 @@ def test_width_estimate_orders_formulas():
     assert latex_width(r"\left(x\right)") == pytest.approx(3)
 
 
-@pytest.mark.parametrize("act", ["identity", "relu", pytest.param("leaky_relu", marks=pytest.mark.slow)])
-def test_latex_compiles_without_overfull_boxes(act, tmp_path):
+@pytest.mark.parametrize(
+    ("eps", "act"),
+    [
+        (False, "identity"),
+        (False, "relu"),
+        pytest.param(False, "leaky_relu", marks=pytest.mark.slow),
+        (True, "relu"),
+        pytest.param(True, "leaky_relu", marks=pytest.mark.slow),
+    ],
+)
+def test_latex_compiles_without_overfull_boxes(eps, act, tmp_path):
+    """The derivation documents fit the page. The eps documents (derivations/relu_eps.tex had 12
+    overfull boxes) abbreviate P_{B/2 + j}(B eps/(2 mu)) as P_j and break every long equation,
+    terms included (symbolic._epsforms.long_equation_latex)."""
+    from symbnmf.symbolic._epsforms import derive_eps
+
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base)")
-    (tmp_path / "d.tex").write_text(derive(act).latex())
+    (tmp_path / "d.tex").write_text((derive_eps if eps else derive)(act).latex())
     run = subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "d.tex"],
         cwd=tmp_path,
