@@ -281,10 +281,8 @@ def _evaluate_eps_zero(act: Activation, Blist: Sequence[int], method: str, dps: 
     phase "bsb1", mu* = sigma_w^2 (diag - offdiag) of the composite, no collapse slope (it is
     infinite at eps = 0), the collapse boundary eps_c = sigma_w^2 m0 (B-1)/B (docs/theory.md §8).
     Equal to :func:`symbnmf.evaluate_eps` at eps = 0 (tested)."""
-    import mpmath
-    import sympy as sp
-
     from symbnmf._activations import x as _x
+    from symbnmf.numeric._epsilon import collapse_m0
 
     comp = Activation(f"{act.label} with BN gamma={g}, beta={b}", act.bound_expr.subs(_x, g * _x + b))
     comp.require_nondegenerate()
@@ -294,11 +292,11 @@ def _evaluate_eps_zero(act: Activation, Blist: Sequence[int], method: str, dps: 
         fp = rec["fixed_point"]
         fp["diag"], fp["offdiag"] = sw * fp["diag"], sw * fp["offdiag"]
         if "mp" in rec:
-            with mpmath.workdps(dps or 15):
+            with mp.workdps(dps or 15):
                 mfp = rec["mp"]["fixed_point"]
                 for k in ("diag", "offdiag"):
-                    mfp[k] = mpmath.nstr(mpmath.mpf(str(sp.Rational(s))) * mpmath.mpf(mfp[k]), dps)
-        m0 = _collapse_m0(act, g, b, rec["B"])
+                    mfp[k] = mp.nstr(mp.mpf(str(sp.Rational(s))) * mp.mpf(mfp[k]), dps)
+        m0 = collapse_m0(act.bound_expr, g, b, rec["B"], 20)
         mu = fp["diag"] - fp["offdiag"]
         rec.update(
             phase="bsb1",
@@ -309,28 +307,13 @@ def _evaluate_eps_zero(act: Activation, Blist: Sequence[int], method: str, dps: 
             mu=mu,
             nonzero_fixed_points=[mu],
             collapse_slope=None,
-            collapse_boundary_eps=None if m0 is None else sw * m0 * (rec["B"] - 1) / rec["B"],
+            collapse_boundary_eps=None if m0 is None else sw * float(m0) * (rec["B"] - 1) / rec["B"],
             note=(
                 "eps = 0: BN is scale invariant, so this is the eps = 0 theory of phi(gamma x + beta) "
                 "(method above), with diag/offdiag the pre-activation entries (times sigma_w^2)"
             ),
         )
     return recs
-
-
-def _collapse_m0(act: Activation, gamma: Any, beta: Any, B: int) -> float | None:
-    """m0 = E[psi(y1)^2 - psi(y1) psi(y2)] of the collapse direction psi (docs/theory.md §8), or None."""
-    from symbnmf._activations import x as _x
-    from symbnmf.numeric._quadrature import sphere_expectations
-    from symbnmf.symbolic._epsilon import collapse_direction
-    from symbnmf.symbolic._sphere import y1, y2
-
-    try:
-        psi = collapse_direction(act.bound_expr, _x, gamma, beta)
-    except ValueError:
-        return None
-    m = sphere_expectations([(psi.subs(_x, y1) ** 2, 1), (psi.subs(_x, y1), psi.subs(_x, y2))], B, 20)
-    return float(m[0] - m[1])
 
 
 def evaluate_fast_or_quadrature(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from symbnmf.cli.util import add_memory_budget_argument, check_output, print_json, write_text
+from symbnmf.cli.util import add_memory_budget_argument, check_output, parse_size, print_json, write_text
 
 NAME = "dynamics"
 HELP = "gradient/weight norms per layer over the first training steps vs the scale-invariance prediction"
@@ -39,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     from symbnmf.fast._compile_cache import enable_compilation_cache
 
     enable_compilation_cache()  # a repeated command loads its programs instead of compiling them
-    from symbnmf.cli.simulate import parse_size
     from symbnmf.experiments.dynamics import DynamicsConfig, measure_dynamics, write_figure
 
     memory_bytes = parse_size(args.memory_budget)

@@ -9,7 +9,7 @@ from typing import Any
 
 from symbnmf._errors import SymbnmfError
 from symbnmf._output import atomic_output, check_output
-from symbnmf.cli.util import add_memory_budget_argument
+from symbnmf.cli.util import add_memory_budget_argument, parse_size
 
 NAME = "simulate"
 HELP = (
@@ -70,21 +70,6 @@ def _params(items: list[str]) -> dict[str, float]:
         except ValueError:
             raise SymbnmfError(f"--param {name}: {val!r} is not a number") from None
     return out
-
-
-def parse_size(text: str | None) -> int | None:
-    """Bytes from '512M', '2G', '1.5GiB', '300000' (binary units), or None."""
-    if text is None:
-        return None
-    t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
-    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
-    try:
-        value = float(t[:-1] if scale > 1 else t)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value * scale > 1 << 50:
-        raise SymbnmfError(f"--memory-budget: cannot read {text!r} as a size; e.g. --memory-budget 512M or 2G")
-    return max(1, int(value * scale))
 
 
 def run(args: argparse.Namespace) -> int:

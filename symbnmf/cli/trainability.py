@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from symbnmf.cli.util import add_memory_budget_argument, write_text
+from symbnmf.cli.util import add_memory_budget_argument, parse_size, write_text
 from symbnmf.experiments.trainability import DEFAULT_BATCHES, DEFAULT_DEPTHS, check_outputs, run_grid, write_figure
 
 NAME = "trainability"
@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
         if prefix.endswith(suffix):
             prefix = prefix[: -len(suffix)]
     png, js = prefix + ".png", prefix + ".json"
-    from symbnmf.cli.simulate import parse_size
 
     memory_bytes = parse_size(args.memory_budget)
     check_outputs([png, js], args.force)

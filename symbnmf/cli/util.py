@@ -45,6 +45,21 @@ def add_memory_budget_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_size(text: str | None) -> int | None:
+    """Bytes from '512M', '2G', '1.5GiB', '300000' (binary units), or None."""
+    if text is None:
+        return None
+    t = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value * scale > 1 << 50:
+        raise SymbnmfError(f"--memory-budget: cannot read {text!r} as a size; e.g. --memory-budget 512M or 2G")
+    return max(1, int(value * scale))
+
+
 def parse_params(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:

@@ -18,6 +18,7 @@ recently used beyond :data:`MAX_EXECUTABLES` are removed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def executable_cache_dir() -> Path | None:
     return cache_root() / "jax-exe"
 
 
+@functools.lru_cache(maxsize=1)
 def _package_fingerprint() -> str:
     """Hash of every source file of symbnmf, the JAX/jaxlib/Python versions and this CPU's model
     and feature flags: an executable is reused only by the code, the compiler and the machine
@@ -108,19 +110,14 @@ def _package_fingerprint() -> str:
     return h.hexdigest()
 
 
-_FINGERPRINT: list[str] = []
-
-
 def executable_key(description: dict) -> str:
     """The cache key of a program: a hash of ``description`` (JSON: what was compiled, its
     configuration, shapes, devices and compiler options) and :func:`_package_fingerprint`."""
     import hashlib
     import json
 
-    if not _FINGERPRINT:
-        _FINGERPRINT.append(_package_fingerprint())
     text = json.dumps(description, sort_keys=True, default=repr)
-    return hashlib.sha256(f"{EXECUTABLE_FORMAT}|{_FINGERPRINT[0]}|{text}".encode()).hexdigest()
+    return hashlib.sha256(f"{EXECUTABLE_FORMAT}|{_package_fingerprint()}|{text}".encode()).hexdigest()
 
 
 def _mac(secret: bytes, key: str, payload: bytes) -> str:

@@ -240,8 +240,10 @@ def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Cal
 
 def _load_or_compile(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Any:
     """The serialized executable of this call from symbnmf's cache (no tracing), else compiled
-    (through JAX's persistent cache) and stored. ``cfg.activation`` names φ, so ``cfg`` with the
-    shapes, devices, x64 and compiler options describes the program completely."""
+    afresh (JAX's persistent cache off for that compilation, :func:`_fresh_compilation`) and
+    stored; where this JAX lacks that switch, compiled through JAX's cache and not stored.
+    ``cfg.activation`` names φ, so ``cfg`` with the shapes, devices, x64 and compiler options
+    describes the program completely."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from symbnmf.fast import _compile_cache as _cc

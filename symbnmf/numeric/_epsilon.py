@@ -342,14 +342,29 @@ def tau_progress(desc: str = "eps integrals (mpmath): tau nodes") -> Iterator[An
         bar.close()
 
 
+def collapse_m0(phi: sp.Expr, gamma: Any, beta: Any, B: int, dps: int) -> Any:
+    """m0 = E[psi(y1)^2 - psi(y1) psi(y2)] on the sphere, psi the collapse direction of
+    phi(beta + gamma t y) as t -> 0 (docs/theory.md §8: the slope of (a - b)(tau) at tau = 0), as
+    an mpf at ``dps`` digits; None where phi has no such direction at beta."""
+    from symbnmf._activations import x
+    from symbnmf.numeric._quadrature import sphere_expectations
+    from symbnmf.symbolic._epsilon import collapse_direction
+    from symbnmf.symbolic._sphere import y1, y2
+
+    try:
+        psi = collapse_direction(phi, x, gamma, beta)
+    except ValueError:
+        return None
+    m = sphere_expectations([(psi.subs(x, y1) ** 2, 1), (psi.subs(x, y1), psi.subs(x, y2))], B, dps)
+    return m[0] - m[1]
+
+
 @functools.lru_cache(maxsize=64)
 def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = DEFAULT_DPS) -> TauTables:
     """Build (and cache) the :class:`TauTables` of phi(beta + gamma t y) at batch size B."""
     from symbnmf._activations import _homogeneity, x
-    from symbnmf.numeric._quadrature import sphere_expectations
     from symbnmf.symbolic._algebra import B as Bsym
-    from symbnmf.symbolic._epsilon import collapse_direction, concrete_terms, eps_integrals
-    from symbnmf.symbolic._sphere import y1, y2
+    from symbnmf.symbolic._epsilon import concrete_terms, eps_integrals
 
     Bv = check_batch_size(B)
     ei = eps_integrals()
@@ -357,12 +372,7 @@ def tau_tables(phi: sp.Expr, gamma: sp.Expr, beta: sp.Expr, B: int, dps: int = D
         norm = {X: mpmath.mpf(_rational_or_float(v.subs(Bsym, Bv), dps)) for X, v in ei.norm.items()}
         trace = {X: mpmath.mpf(_rational_or_float(v.subs(Bsym, Bv), dps)) for X, v in ei.trace.items()}
         phi_beta = mpmath.mpf(_rational_or_float(sp.sympify(phi.subs(x, beta)), dps))
-        try:
-            psi = collapse_direction(phi, x, gamma, beta)
-            m = sphere_expectations([(psi.subs(x, y1) ** 2, 1), (psi.subs(x, y1), psi.subs(x, y2))], Bv, dps + 2)
-            m0 = m[0] - m[1]
-        except ValueError:
-            psi, m0 = None, None
+        m0 = collapse_m0(phi, gamma, beta, Bv, dps + 2)
         terms = {
             name: tuple((sp.sympify(c).subs(Bsym, Bv), f1, f2) for c, f1, f2 in ts)
             for name, ts in concrete_terms(phi, x, gamma, beta).items()
