@@ -41,6 +41,12 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+#: Commands that shard Monte Carlo networks over JAX devices: run as the ``symbnmf`` program, they
+#: get one XLA CPU device per core, a malloc that returns large blocks and SciPy's LAPACK without
+#: all of scipy.linalg (:mod:`symbnmf._process`).
+MONTE_CARLO_COMMANDS: frozenset[str] = frozenset({"simulate"})
+
+
 def command_info(modname: str) -> tuple[str, str]:
     """(NAME, HELP) of a subcommand module without importing it (its literal assignments).
 
@@ -173,6 +179,14 @@ def _main(argv: Sequence[str] | None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if argv is None and args.command in MONTE_CARLO_COMMANDS:  # the whole process is ours
+        from symbnmf._process import preload_lapack, return_large_blocks, use_every_core
+
+        wants = getattr(importlib.import_module(f"symbnmf.cli.{args.command}"), "wants_every_core", None)
+        if wants is None or wants(args):
+            use_every_core()
+        return_large_blocks()
+        preload_lapack()
     try:
         return int(args._run(args) or 0)
     except SymbnmfError as exc:

@@ -2,13 +2,23 @@
 modules of the closed forms (`codegen`), and jit-compiled fixed Gauss quadrature of the same definitions.
 May import: the base modules, symbnmf.symbolic, symbnmf.numeric, JAX."""
 
-from symbnmf.fast import codegen as codegen
-from symbnmf.fast._compile_cache import compilation_cache_dir as compilation_cache_dir
-from symbnmf.fast._compile_cache import enable_compilation_cache as enable_compilation_cache
-from symbnmf.fast._epsquad import fast_evaluate_eps as fast_evaluate_eps
-from symbnmf.fast._fastquad import FastEvaluator as FastEvaluator
-from symbnmf.fast._fastquad import fast_evaluate as fast_evaluate
-from symbnmf.fast._jaxprint import CodegenError as CodegenError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> (module, attribute; "" for the module itself). Resolved lazily (PEP 562), so
+#: importing one private module of this stage (``symbnmf.fast._compile_cache``, which a repeated
+#: ``symbnmf simulate`` needs) does not import the printer, the code generator and SymPy.
+_PUBLIC: dict[str, tuple[str, str]] = {
+    "CodegenError": ("symbnmf.fast._jaxprint", "CodegenError"),
+    "FastEvaluator": ("symbnmf.fast._fastquad", "FastEvaluator"),
+    "codegen": ("symbnmf.fast.codegen", ""),
+    "compilation_cache_dir": ("symbnmf.fast._compile_cache", "compilation_cache_dir"),
+    "enable_compilation_cache": ("symbnmf.fast._compile_cache", "enable_compilation_cache"),
+    "fast_evaluate": ("symbnmf.fast._fastquad", "fast_evaluate"),
+    "fast_evaluate_eps": ("symbnmf.fast._epsquad", "fast_evaluate_eps"),
+}
 
 __all__ = [
     "CodegenError",
@@ -19,3 +29,26 @@ __all__ = [
     "fast_evaluate",
     "fast_evaluate_eps",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'symbnmf.fast' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = getattr(mod, attr) if attr else mod
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs
+    from symbnmf.fast import codegen
+    from symbnmf.fast._compile_cache import compilation_cache_dir, enable_compilation_cache
+    from symbnmf.fast._epsquad import fast_evaluate_eps
+    from symbnmf.fast._fastquad import FastEvaluator, fast_evaluate
+    from symbnmf.fast._jaxprint import CodegenError

@@ -13,6 +13,14 @@ fingerprint of symbnmf's sources, the JAX/jaxlib/Python versions and the CPU: a 
 loads the executable without tracing anything. Entries are authenticated like the derivation
 cache (HMAC-SHA256 under the per-user key, checked before anything is unpickled), and the least
 recently used beyond :data:`MAX_EXECUTABLES` are removed.
+
+What the SymPy side of a simulation produced (the activation's label and key, φ printed as JAX
+source, the theory column) is kept too, as small authenticated JSON records
+(:func:`store_resolved`, :func:`load_resolved`, under ``<cache>/simulate``, keyed like the
+executables plus the versions of the libraries the theory is computed with): a repeated
+``symbnmf simulate`` then imports neither SymPy nor the symbolic stages, even when its program
+must be compiled. They are products of the derivations, so ``SYMBNMF_NO_CACHE=1`` (the switch of
+the derivation cache) turns them off, not ``SYMBNMF_NO_COMPILE_CACHE``.
 """
 
 from __future__ import annotations
@@ -126,9 +134,11 @@ def _mac(secret: bytes, key: str, payload: bytes) -> str:
     return hmac.new(secret, f"{EXECUTABLE_FORMAT}|{key}|".encode() + payload, "sha256").hexdigest()
 
 
-def _init_runtime() -> None:
+def init_runtime() -> None:
     """Register the CPU custom calls (LAPACK) that a loaded executable may call: lowering does it
-    for a freshly compiled program; without it a loaded one would jump to a null pointer."""
+    for a freshly compiled program; without it a loaded one would jump to a null pointer.
+    Idempotent. It imports ``scipy.linalg`` (jaxlib takes LAPACK from there), which two threads
+    must not import at once (``_DeadlockError``): call it before starting a thread that may."""
     try:
         from jax._src.lib import lapack
 
@@ -144,7 +154,7 @@ def _init_runtime() -> None:
 def load_executable(key: str, devices: tuple) -> Any | None:
     """The compiled program stored under ``key`` for ``devices``, or None (absent, unreadable,
     not authentic, or not loadable here). Nothing is unpickled unless its HMAC under the per-user
-    key of symbnmf's cache (:func:`symbnmf.symbolic._diskcache.cache_secret`) matches."""
+    key of symbnmf's cache (:func:`symbnmf._secret.cache_secret`) matches."""
     import hmac
     import pickle
 
@@ -155,7 +165,7 @@ def load_executable(key: str, devices: tuple) -> Any | None:
     try:
         if not path.is_file() or path.stat().st_size > MAX_EXECUTABLE_BYTES:
             return None
-        from symbnmf.symbolic._diskcache import cache_secret
+        from symbnmf._secret import cache_secret
 
         secret = cache_secret(cache_root(), create=False)
         if secret is None:
@@ -168,7 +178,7 @@ def load_executable(key: str, devices: tuple) -> Any | None:
         from jax.experimental.serialize_executable import deserialize_and_load
 
         serialized, in_tree, out_tree = pickle.loads(payload)
-        _init_runtime()
+        init_runtime()
         fn = deserialize_and_load(serialized, in_tree, out_tree, execution_devices=list(devices))
         os.utime(path)  # recently used
         return fn
@@ -188,7 +198,7 @@ def store_executable(key: str, compiled: Any) -> bool:
     try:
         from jax.experimental.serialize_executable import serialize
 
-        from symbnmf.symbolic._diskcache import cache_secret
+        from symbnmf._secret import cache_secret
 
         secret = cache_secret(cache_root(), create=True)
         if secret is None:
@@ -204,14 +214,144 @@ def store_executable(key: str, compiled: Any) -> bool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _prune(d)
+        _prune(d, "*.exe", MAX_EXECUTABLES)
         return True
     except Exception:
         return False
 
 
-def _prune(d: Path) -> None:
-    entries = sorted(d.glob("*.exe"), key=lambda p: p.stat().st_mtime)
-    for p in entries[: max(0, len(entries) - MAX_EXECUTABLES)]:
+def drop_executable(key: str) -> None:
+    """Remove the program stored under ``key`` (one that was found not to run)."""
+    d = executable_cache_dir()
+    if d is not None:
+        with contextlib.suppress(OSError):
+            (d / f"{key}.exe").unlink()
+
+
+def _prune(d: Path, pattern: str, keep: int) -> None:
+    entries = sorted(d.glob(pattern), key=lambda p: p.stat().st_mtime)
+    for p in entries[: max(0, len(entries) - keep)]:
         with contextlib.suppress(OSError):
             p.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# resolved simulations: what SymPy produced for a simulation, so a repeated run needs no SymPy
+# ---------------------------------------------------------------------------------------------
+#: Layout version of a resolved-simulation record (part of its key and of its MAC).
+RESOLVED_FORMAT = "symbnmf-resolved-simulation-2"
+#: Records larger than this are never read.
+MAX_RESOLVED_BYTES = 1 << 20
+#: At most this many records are kept; the least recently used are removed beyond it.
+MAX_RESOLVED = 1024
+_RESOLVED_MAGIC = b"SYMBNMF-RESOLVED"
+#: Libraries the symbolic and numeric stages compute with (their versions are part of the key).
+_THEORY_LIBRARIES = ("sympy", "mpmath", "gmpy2", "numpy", "scipy")
+
+
+def resolved_cache_dir() -> Path | None:
+    """Where resolved-simulation records live (``<cache>/simulate``), or None with
+    ``SYMBNMF_NO_CACHE`` (the derivation cache's switch: a record is what the derivations gave)."""
+    if os.environ.get("SYMBNMF_NO_CACHE"):
+        return None
+    return cache_root() / "simulate"
+
+
+def _library_versions() -> list[str]:
+    """Installed versions of :data:`_THEORY_LIBRARIES`, read from their metadata (nothing imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in _THEORY_LIBRARIES:
+        try:
+            out.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name}=-")
+    return out
+
+
+def resolved_key(description: dict) -> str | None:
+    """The key of a resolved-simulation record: a hash of :data:`RESOLVED_FORMAT`,
+    :func:`_package_fingerprint` (symbnmf's sources, JAX, Python, the CPU), the versions of the
+    libraries the theory is computed with and ``description`` (JSON: the input exactly as given
+    and every setting the record depends on). None when ``description`` is not plain JSON."""
+    import hashlib
+    import json
+
+    try:
+        text = json.dumps(description, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    parts = [RESOLVED_FORMAT, _package_fingerprint(), *_library_versions(), text]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _resolved_mac(secret: bytes, key: str, payload: bytes) -> str:
+    import hmac
+
+    return hmac.new(secret, f"{RESOLVED_FORMAT}|{key}|".encode() + payload, "sha256").hexdigest()
+
+
+def load_resolved(key: str) -> dict | None:
+    """The record stored under ``key``, or None (cache off, absent, too large, unreadable, not
+    authentic under the per-user key, another format, not a JSON object). Never trusted otherwise."""
+    import hmac
+    import json
+
+    d = resolved_cache_dir()
+    if d is None:
+        return None
+    path = d / f"{key}.json"
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_RESOLVED_BYTES:
+            return None
+        from symbnmf._secret import cache_secret
+
+        secret = cache_secret(cache_root(), create=False)
+        if secret is None:
+            return None
+        head, _, payload = path.read_bytes().partition(b"\n")
+        magic, _, mac = head.partition(b" ")
+        if magic != _RESOLVED_MAGIC or not hmac.compare_digest(
+            mac.decode("ascii", "replace"), _resolved_mac(secret, key, payload)
+        ):
+            return None
+        record = json.loads(payload)
+        if not isinstance(record, dict):
+            return None
+        os.utime(path)  # recently used
+        return record
+    except Exception:  # a bad or foreign record is never trusted, only replaced
+        return None
+
+
+def store_resolved(key: str, record: dict) -> bool:
+    """Store ``record`` (plain JSON) under ``key``, atomically (directory 0700, file 0600) with its
+    HMAC; False when the cache is off, the record is not plain JSON or nothing can be written."""
+    import json
+    import tempfile
+
+    d = resolved_cache_dir()
+    if d is None:
+        return False
+    try:
+        payload = json.dumps(record, sort_keys=True, allow_nan=False).encode()
+        from symbnmf._secret import cache_secret
+
+        secret = cache_secret(cache_root(), create=True)
+        if secret is None:
+            return False
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".rec-", suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(_RESOLVED_MAGIC + b" " + _resolved_mac(secret, key, payload).encode() + b"\n" + payload)
+            os.replace(tmp, d / f"{key}.json")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _prune(d, "*.json", MAX_RESOLVED)
+        return True
+    except Exception:
+        return False

@@ -34,7 +34,9 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE, precedence
 
 from symbnmf._errors import SymbnmfError
+from symbnmf.fast import _specfun
 from symbnmf.fast._specfun import HELPERS
+from symbnmf.fast._specfun import helper_sources as helper_sources
 
 
 class CodegenError(SymbnmfError):
@@ -521,48 +523,21 @@ def _identifier(name: str, i: int) -> str:
     return name if name.isidentifier() and not keyword.iskeyword(name) else f"_arg{i}"
 
 
-def _namespace(target: str) -> dict[str, Any]:
-    if target == "jax":
-        import jax.numpy as jnp
-        import jax.scipy.special as jsp
-
-        return {"jnp": jnp, "jsp": jsp}
-    import numpy as np
-
-    ns: dict[str, Any] = {"np": np}
-    try:
-        import scipy.special as sps
-
-        ns["_sps"] = sps
-    except ImportError:  # pragma: no cover
-        pass
-    return ns
-
-
-def helper_sources(names: Iterable[str], target: str) -> str:
-    """Source of the helper functions (:data:`symbnmf.fast._specfun.HELPERS`) named in ``names``."""
-    return "\n\n".join(HELPERS[n][1](target) for n in sorted(set(names)))
-
-
-def _with_helpers(ns: dict[str, Any], target: str) -> dict[str, Any]:
-    if target == "jax":
-        import jax
-
-        ns["jax"] = jax
-    elif "_sps" not in ns:  # pragma: no cover - scipy missing: helpers need it
-        return ns
-    exec(compile(helper_sources(HELPERS, target), "<symbnmf helpers>", "exec"), ns)
-    return ns
+def callable_source(expr: sp.Expr, symbols: Sequence[sp.Symbol], target: str = "jax") -> tuple[str, tuple[str, ...]]:
+    """(source of ``_generated(*symbols)`` computing ``expr`` for ``target``, the special-function
+    helpers it calls): what :func:`symbnmf.fast._specfun.callable_from_source` turns back into
+    the function without SymPy (so a printed function can be kept as text, e.g. by
+    ``symbnmf simulate``'s resolved-simulation cache)."""
+    expr = sp.sympify(expr)
+    src = function_source("_generated", expr, tuple(symbols), target=target)
+    helpers = tuple(sorted({type(f).__name__ for f in expr.atoms(sp.Function)} & set(HELPERS)))
+    return src, helpers
 
 
 @functools.lru_cache(maxsize=512)
 def _compiled(expr: sp.Expr, symbols: tuple[sp.Symbol, ...], target: str) -> Callable[..., Any]:
-    src = function_source("_generated", expr, symbols, target=target)
-    ns = _namespace(target)
-    if any(type(f).__name__ in HELPERS for f in expr.atoms(sp.Function)):
-        ns = _with_helpers(ns, target)
-    exec(compile(src, f"<symbnmf {target} code>", "exec"), ns)
-    fn = ns["_generated"]
+    src, helpers = callable_source(expr, symbols, target)
+    fn = _specfun.callable_from_source(src, helpers, target)
     fn.__doc__ = f"{expr}\n\nGenerated {target} code:\n\n{src}"
     return fn
 

@@ -18,6 +18,9 @@ Accuracy in float64 against mpmath: a few ulp over nu in [1, 130], z in [1e-12, 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 #: Depth of the continued fraction and maximum number of recurrence steps.
 CF_TERMS = 60
 MAX_STEPS = 256
@@ -93,3 +96,45 @@ def expint_scaled_source(target: str) -> str:
 
 #: SymPy function name -> (generated helper name, source builder(target)).
 HELPERS = {"expint_scaled": ("_expint_scaled", expint_scaled_source)}
+
+
+def helper_sources(names: Iterable[str], target: str) -> str:
+    """Source of the helper functions of :data:`HELPERS` named in ``names`` (SymPy names)."""
+    return "\n\n".join(HELPERS[n][1](target) for n in sorted(set(names)))
+
+
+def _namespace(target: str, helpers: Iterable[str]) -> dict[str, Any]:
+    if target == "jax":
+        import jax
+        import jax.numpy as jnp
+        import jax.scipy.special as jsp
+
+        ns: dict[str, Any] = {"jnp": jnp, "jsp": jsp, "jax": jax}
+    else:
+        import numpy as np
+
+        ns = {"np": np}
+        try:
+            import scipy.special as sps
+
+            ns["_sps"] = sps
+        except ImportError:  # pragma: no cover
+            helpers = ()  # scipy missing: the helpers cannot run
+    names = tuple(helpers)
+    if names:
+        exec(compile(helper_sources(names, target), "<symbnmf helpers>", "exec"), ns)
+    return ns
+
+
+def callable_from_source(src: str, helpers: Iterable[str], target: str = "jax") -> Callable[..., Any]:
+    """The function ``_generated`` defined by ``src`` (printed by
+    :func:`symbnmf.fast._jaxprint.callable_source` for ``target`` "jax" or "numpy"), executed with
+    its array namespace and the special-function ``helpers`` it calls; no SymPy involved."""
+    if target not in ("jax", "numpy"):
+        raise ValueError(f"unknown target {target!r}; use jax or numpy")
+    unknown = set(helpers) - set(HELPERS)
+    if unknown:
+        raise ValueError(f"unknown helper(s) {sorted(unknown)}; known: {sorted(HELPERS)}")
+    ns = _namespace(target, helpers)
+    exec(compile(src, f"<symbnmf {target} code>", "exec"), ns)
+    return ns["_generated"]

@@ -13,24 +13,28 @@ linear readout loss = Σ R ⊙ x^L, and measures per layer
 fits the per-layer growth factor of the mean squared gradient norm (comparable to λ↓_G,
 Thm 3.9/3.10; App. L for weight gradients) with a jackknife standard error over networks and
 puts every measured figure beside the theory value from :func:`symbnmf.evaluate` and a z-score.
-JAX is imported only when a simulation runs.
+JAX is imported only when a simulation runs, SymPy only when the activation must be resolved: a
+simulation named by a string that ran before reads what SymPy produced for it (label, the key of
+φ, the theory column) from an authenticated record (:func:`symbnmf.fast._compile_cache.load_resolved`)
+and, with its program in the executable cache, never builds φ.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from symbnmf._activations import Activation, get_activation
-from symbnmf._activations import x as _x
 from symbnmf._conventions import check_batch_size
 from symbnmf._errors import SymbnmfError
 from symbnmf.montecarlo.stats import fit_rate, mean_se, zscore
+
+if TYPE_CHECKING:
+    from symbnmf._activations import Activation
 
 WEIGHT_LAWS = ("gaussian", "orthogonal", "rademacher")
 METHODS = ("auto", "fast", "dense")
@@ -78,6 +82,9 @@ def _composite_activation(act: Activation, gamma: float, beta: float) -> Activat
         return act
     import sympy as sp
 
+    from symbnmf._activations import Activation
+    from symbnmf._activations import x as _x
+
     expr = act.bound_expr.subs(_x, sp.nsimplify(gamma, rational=True) * _x + sp.nsimplify(beta, rational=True))
     return Activation(f"{act.label} with BN gamma={gamma:g}, beta={beta:g}", expr)
 
@@ -124,7 +131,12 @@ def theory_values(
     except SymbnmfError as exc:
         return None, f"no theory value: {exc}"
     except Exception as exc:
-        return None, f"no theory value ({type(exc).__name__}: {exc})"
+        return None, f"{_UNEXPECTED}{type(exc).__name__}: {exc})"
+
+
+#: How the reason of a theory value that failed unexpectedly begins (perhaps a passing failure:
+#: such a reason is never kept in a resolved-simulation record).
+_UNEXPECTED = "no theory value ("
 
 
 def _theory_values_eps(
@@ -143,7 +155,7 @@ def _theory_values_eps(
     except SymbnmfError as exc:
         return None, f"no theory value: {exc}"
     except Exception as exc:
-        return None, f"no theory value ({type(exc).__name__}: {exc})"
+        return None, f"{_UNEXPECTED}{type(exc).__name__}: {exc})"
 
 
 def _f(v: Any) -> float | None:
@@ -225,13 +237,169 @@ def _validate(
 _PHI_CACHE: dict[str, Any] = {}
 
 
-def _jax_phi(act: Activation):
+def _act_key(act: Activation) -> str:
+    """The name of φ in ``NetConfig.activation``: the ``srepr`` of the bound SymPy expression."""
     import sympy as sp
 
-    key = sp.srepr(act.bound_expr)
+    return sp.srepr(act.bound_expr)
+
+
+def _jax_phi(act: Activation):
+    key = _act_key(act)
     if key not in _PHI_CACHE:
         _PHI_CACHE[key] = act.numeric("jax")
     return key, _PHI_CACHE[key]
+
+
+def _deferred_phi(act: Activation) -> Any:
+    """φ of ``act`` as JAX, built (printed from SymPy) only if its program must be compiled."""
+    from symbnmf.montecarlo.run import DeferredPhi
+
+    return DeferredPhi(lambda: _jax_phi(act)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# resolved simulations: what SymPy produced for a string activation, kept across processes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Resolved:
+    """The activation side of one simulation: from SymPy (``act`` set) or from a record (``act``
+    None: SymPy not loaded). ``key`` is where a record is kept (None: not kept)."""
+
+    label: str
+    act_key: str
+    phi: Any  # run.DeferredPhi
+    act: Activation | None = None
+    theory: tuple[dict | None, str | None] | None = None
+    key: str | None = None
+
+
+def _plain_json(v: Any) -> bool:
+    """True when ``v`` is made of dicts with string keys, lists, str, int, finite float, bool and
+    None only, so that it reads back from JSON equal and of the same types."""
+    if v is None or type(v) in (str, int, bool):
+        return True
+    if type(v) is float:
+        return math.isfinite(v)
+    if type(v) is list:
+        return all(_plain_json(e) for e in v)
+    if type(v) is dict:
+        return all(type(k) is str and _plain_json(e) for k, e in v.items())
+    return False
+
+
+def _resolved_key(
+    activation: Any,
+    params: Mapping[str, Any] | None,
+    B: int,
+    gamma: Any,
+    beta: Any,
+    eps: Any,
+    backward: Any,
+    theory: Any,
+) -> str | None:
+    """Key of the record of a string activation with these settings, or None (not kept: an
+    :class:`Activation`, parameters that are not plain numbers)."""
+    if not isinstance(activation, str):
+        return None
+    bound = dict(params or {})
+    if not all(isinstance(k, str) and type(v) in (int, float) for k, v in bound.items()):
+        return None
+    from symbnmf.fast._compile_cache import resolved_key
+
+    return resolved_key(
+        {
+            "activation": activation,
+            "params": sorted(bound.items()),
+            # every setting the nondegeneracy check, the theory column and NetConfig.activation depend on
+            "batch_size": B,
+            "gamma": float(gamma),
+            "beta": float(beta),
+            "eps": float(eps),
+            "backward": bool(backward),
+            "theory": bool(theory),
+        }
+    )
+
+
+def _phi_from_record(rec: dict) -> Any:
+    """φ of a record, for a compilation: the JAX source SymPy printed for it, executed again
+    (:func:`symbnmf.fast._specfun.callable_from_source`; no SymPy)."""
+    from symbnmf.fast._specfun import callable_from_source
+
+    return callable_from_source(rec["phi_source"], rec["phi_helpers"], "jax")
+
+
+def _resolve(
+    activation: str | Activation,
+    params: Mapping[str, Any] | None,
+    B: int,
+    gamma: float,
+    beta: float,
+    eps: float,
+    backward: bool,
+    theory: bool,
+) -> _Resolved:
+    """The activation of a simulation, checked (bound, not degenerate): from the record of a
+    string activation that ran before with the same settings (no SymPy), else by SymPy."""
+    from symbnmf.fast._compile_cache import load_resolved
+    from symbnmf.montecarlo.run import DeferredPhi
+
+    key = _resolved_key(activation, params, B, gamma, beta, eps, backward, theory)
+    rec = load_resolved(key) if key is not None else None
+    if rec is not None and _valid_record(rec, theory):
+        act_key = rec["act_key"]
+        th = (rec["theory"], rec["theory_reason"]) if theory else None
+        phi = DeferredPhi(lambda: _phi_from_record(rec))
+        return _Resolved(rec["label"], act_key, phi, theory=th)
+    from symbnmf._activations import get_activation
+
+    act = get_activation(activation, **dict(params or {}))
+    act.require_bound()
+    _require_nondegenerate(act, gamma, beta, backward)
+    return _Resolved(act.label, _act_key(act), _deferred_phi(act), act=act, key=key)
+
+
+def _valid_record(rec: dict, theory: bool) -> bool:
+    ok = (
+        rec.get("nondegenerate") is True
+        and all(isinstance(rec.get(k), str) for k in ("label", "act_key", "phi_source"))
+        and isinstance(rec.get("phi_helpers"), list)
+        and all(isinstance(h, str) for h in rec["phi_helpers"])
+    )
+    if ok and theory:
+        th, why = rec.get("theory", False), rec.get("theory_reason", False)
+        ok = (isinstance(th, dict) and why is None) or (th is None and isinstance(why, str))
+    return ok
+
+
+def _keep_resolved(r: _Resolved, theory: tuple[dict | None, str | None] | None) -> None:
+    """Keep what SymPy produced for ``r`` (after a successful simulation), unless the theory
+    column failed unexpectedly or is not plain JSON."""
+    if r.key is None or r.act is None:  # only what SymPy resolved is kept
+        return
+    if theory is not None:
+        rec, why = theory
+        if (why is not None and why.startswith(_UNEXPECTED)) or not _plain_json(rec):
+            return
+    from symbnmf._activations import x
+    from symbnmf.fast._jaxprint import callable_source
+
+    src, helpers = callable_source(r.act.bound_expr, (x,), "jax")
+    record: dict[str, Any] = {
+        "label": r.label,
+        "act_key": r.act_key,
+        "nondegenerate": True,
+        "phi_source": src,  # phi as JAX code: a compilation needs no SymPy either
+        "phi_helpers": list(helpers),
+    }
+    if theory is not None:
+        record.update(theory=theory[0], theory_reason=theory[1])
+    from symbnmf.fast._compile_cache import store_resolved
+
+    store_resolved(r.key, record)
 
 
 def _net_config(
@@ -298,6 +466,7 @@ def simulate(
     memory_bytes: int | None = None,
     keep_cov: bool = False,
     devices: Sequence[Any] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> SimulationResult:
     """Simulate ``networks`` batch-normalized networks and compare with the mean field theory.
 
@@ -308,7 +477,10 @@ def simulate(
     trimmed at both ends) — the Monte Carlo counterpart of λ↓_G (Thm 3.9, 3.10), with a
     delete-one jackknife standard error over networks.
 
-    * ``activation``: name/expression/:class:`Activation` (parameters bound).
+    * ``activation``: name/expression/:class:`Activation` (parameters bound); ``params`` binds
+      parameters as ``get_activation(activation, **params)`` does. A string activation that was
+      simulated before with the same parameters, B, γ, β, ε, ``backward`` and ``theory`` is
+      resolved from symbnmf's cache without SymPy (``SYMBNMF_NO_CACHE=1``: never).
     * ``batch_size`` B >= 2 (B = 2: gradients vanish exactly; B = 3 has no theory value).
     * ``width`` N, ``depth`` L (measured layers, after ``burn_in`` forward-only layers:
       default 5 for ``init="fixed_point"``, else 0), ``networks`` K, ``seed``.
@@ -330,9 +502,7 @@ def simulate(
     B, N, L, K, meth = _validate(
         batch_size, width, depth, networks, weights, dtype, method, init, gamma, beta, eps, sigma_b, burn_in
     )
-    act = get_activation(activation)
-    act.require_bound()
-    _require_nondegenerate(act, gamma, beta, backward)
+    r = _resolve(activation, params, B, gamma, beta, eps, backward, theory)
     if burn_in is None:
         burn_in = 5 if init == "fixed_point" else 0
     lo, hi = fit_window if fit_window is not None else default_fit_window(L)
@@ -343,10 +513,8 @@ def simulate(
 
     from symbnmf.montecarlo.run import plan_chunks, run_networks
 
-    act_key, phi_base = _jax_phi(act)
-    phi = phi_base
     cfg = _net_config(
-        act_key, N, B, L, burn_in, meth, weights, dtype, gamma, beta, eps, sigma_b, init, backward, keep_cov
+        r.act_key, N, B, L, burn_in, meth, weights, dtype, gamma, beta, eps, sigma_b, init, backward, keep_cov
     )
     if memory_bytes is not None and (
         isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer)) or memory_bytes < 1
@@ -356,21 +524,33 @@ def simulate(
     plan = plan_chunks(cfg, K, memory_bytes=memory_bytes, devices=n_dev)
     _check_memory(plan.peak_bytes, B, N, L, K)
     pending = None
-    if theory:  # the theory value is computed while the networks run (XLA releases the GIL)
+    if theory and r.theory is None:  # computed while the networks run (XLA releases the GIL)
         from concurrent.futures import ThreadPoolExecutor
 
+        from symbnmf.fast._compile_cache import init_runtime
+
+        assert r.act is not None  # resolved by SymPy: a record brings its theory column
+        # What JAX's CPU runtime imports (scipy.linalg, for LAPACK) is imported here first: the
+        # theory's quadrature imports it too, and two threads importing it at once can deadlock.
+        init_runtime()
+
         pool = ThreadPoolExecutor(1, thread_name_prefix="symbnmf-theory")
-        pending = pool.submit(theory_values, act, B, gamma=gamma, beta=beta, eps=eps)
+        pending = pool.submit(theory_values, r.act, B, gamma=gamma, beta=beta, eps=eps)
         pool.shutdown(wait=False)
     with jax.enable_x64(dtype == "float64"):
         raw = run_networks(
-            cfg, phi, int(seed), K, chunk=chunk, memory_bytes=memory_bytes, progress=progress, devices=devices
+            cfg, r.phi, int(seed), K, chunk=chunk, memory_bytes=memory_bytes, progress=progress, devices=devices
         )
 
-    rec, reason = pending.result() if pending is not None else (None, "theory not requested")
+    if r.theory is not None:
+        rec, reason = r.theory
+    elif pending is not None:
+        rec, reason = pending.result()
+    else:
+        rec, reason = None, "theory not requested"
     res = SimulationResult(
         settings={
-            "activation": act.label,
+            "activation": r.label,
             "batch_size": B,
             "width": N,
             "depth": L,
@@ -404,6 +584,7 @@ def simulate(
         "remat": plan.cfg.remat,
     }
     res.summary["time_s"] = time.perf_counter() - t0
+    _keep_resolved(r, (rec, reason) if theory else None)  # a repeated run needs no SymPy
     return res
 
 
@@ -412,6 +593,8 @@ def attach_theory(res: SimulationResult, activation: str | Activation) -> Simula
     the same result, summary included, as ``simulate(..., theory=True)`` returns (its ``time_s``
     stays the simulation's). Lets ``symbnmf run`` simulate in background threads while the main
     thread derives the closed forms the theory values come from."""
+    from symbnmf._activations import get_activation
+
     act = get_activation(activation)
     s = res.settings
     rec, reason = theory_values(act, s["batch_size"], gamma=s["gamma"], beta=s["beta"], eps=s["eps"])
@@ -453,6 +636,8 @@ def precompile_simulation(
     B, N, L, K, meth = _validate(
         batch_size, width, depth, networks, weights, dtype, method, init, gamma, beta, eps, sigma_b, burn_in
     )
+    from symbnmf._activations import get_activation
+
     act = get_activation(activation)
     act.require_bound()
     _require_nondegenerate(act, gamma, beta, backward)
@@ -460,11 +645,10 @@ def precompile_simulation(
         burn_in = 5 if init == "fixed_point" else 0
     from symbnmf.montecarlo.run import precompile
 
-    act_key, phi = _jax_phi(act)
     cfg = _net_config(
-        act_key, N, B, L, burn_in, meth, weights, dtype, gamma, beta, eps, sigma_b, init, backward, keep_cov
+        _act_key(act), N, B, L, burn_in, meth, weights, dtype, gamma, beta, eps, sigma_b, init, backward, keep_cov
     )
-    precompile(cfg, phi, K, memory_bytes=memory_bytes, devices=devices)
+    precompile(cfg, _deferred_phi(act), K, memory_bytes=memory_bytes, devices=devices)
 
 
 def _summarize(res: SimulationResult, lo: int, hi: int) -> dict[str, Any]:

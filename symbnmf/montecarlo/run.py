@@ -1,8 +1,8 @@
 """Running many Monte Carlo networks: one network's pass, vmapped, chunked, sharded (private).
 
-Memory is bounded by design.  Every compiled call vmaps a fixed number of networks per device
-(:data:`VMAP_WIDTH`, :func:`plan_chunks`) and the calls run one after another, so the working
-memory is that of one call whatever the number of networks, within a memory budget
+Memory is bounded by design.  Every compiled call vmaps a fixed number of networks (about
+:data:`VMAP_WIDTH` over all devices, :func:`plan_chunks`) and the calls run one after another, so
+the working memory is that of one call whatever the number of networks or devices, within a memory budget
 (:func:`default_memory_budget`: a quarter of the available RAM, at most 1 GiB, unless given).
 Each call returns only per-network, per-layer reductions (``grad_x``, ``grad_w`` and the five
 covariance statistics of :func:`cov_stats`, in the simulation dtype), so nothing of size
@@ -11,7 +11,9 @@ makes the backward pass's stored activations exceed the budget, every layer of t
 is rematerialised (``jax.checkpoint``): only the layer inputs are stored.
 
 Randomness: network k uses ``fold_in(key(seed), k)`` (threefry: on CPU it is faster than
-``rbg``/``unsafe_rbg``, measured in ``benchmarks/bench_montecarlo.py --prng``), so its numbers
+``rbg``/``unsafe_rbg``, measured in ``benchmarks/bench_montecarlo.py --prng``) and draws every
+random number from a stream of that key numbered by purpose and layer
+(:func:`symbnmf.montecarlo.layers.stream`: counter-based, no key splitting), so its numbers
 do not depend on how the networks are chunked, padded or sharded over devices.  The networks
 axis of every chunk is sharded over all JAX devices (``jax.sharding.NamedSharding`` on a 1-D
 mesh ``("nets",)``); XLA partitions the vmapped computation, on CPU devices or a GPU alike.
@@ -44,12 +46,16 @@ from symbnmf._chunking import VMAP_WIDTH as VMAP_WIDTH
 from symbnmf._chunking import bucket_down, bucket_up
 from symbnmf.fast._compile_cache import enable_compilation_cache
 from symbnmf.montecarlo.layers import (
+    MAX_LAYERS,
+    READOUT,
     batch_norm,
     dense_layer,
     gaussian_layer,
     initial_batch,
+    normal,
     probe_sq,
     probe_weight_sq,
+    stream,
 )
 
 #: Names of the per-layer covariance statistics returned in ``stats[..., i]`` (see :func:`cov_stats`).
@@ -93,13 +99,13 @@ class NetConfig:
     sigma_b: float
     init: str
     backward: bool
-    activation: str  # srepr of the bound SymPy expression (cache key only)
+    activation: str  # srepr of the bound SymPy expression: names phi (keys the compiled program)
     keep_cov: bool = False  # also return the per-layer covariances (depth+1, B, B)
     remat: bool = False  # jax.checkpoint every layer of the backward pass
     prng: str = "threefry2x32"  # JAX PRNG implementation (benchmarks compare "rbg", "unsafe_rbg")
 
 
-def _layer_fn(cfg: NetConfig) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def _layer_fn(cfg: NetConfig) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
     if cfg.method == "fast":
         return gaussian_layer
     # Dense W is regenerated from its key in the backward pass (jax.checkpoint) instead of
@@ -149,23 +155,26 @@ def network_pass(idx: jax.Array, seed: jax.Array, phi: Callable, cfg: NetConfig)
     """
     N, B, L = cfg.width, cfg.batch_size, cfg.depth
     dtype = jnp.dtype(cfg.dtype)
+    # Every draw of network idx is a stream of its key (layers.stream: input, readout, layer l's
+    # forward and backward draws), so its numbers depend only on (seed, idx, prng).
     key = jax.random.fold_in(jax.random.key(seed, impl=cfg.prng), idx)
-    k_init, k_read, k_burn, k_meas = jax.random.split(key, 4)
     layer = _layer_fn(cfg)
+    if cfg.burn_in + L >= MAX_LAYERS:
+        raise ValueError(f"burn_in + depth must be below {MAX_LAYERS}")
 
     def measure(x):
         cov = x.T @ x / N
         return (cov_stats(cov), cov) if cfg.keep_cov else (cov_stats(cov),)
 
-    def step(x, k):
-        return phi(batch_norm(layer(x, k), cfg.gamma, cfg.beta, cfg.eps))
+    def step(x, layer_no):
+        return phi(batch_norm(layer(x, key, layer_no), cfg.gamma, cfg.beta, cfg.eps))
 
-    x0 = initial_batch(k_init, N, B, cfg.init, dtype)
+    x0 = initial_batch(key, N, B, cfg.init, dtype)
     if cfg.burn_in:
-        x0, _ = jax.lax.scan(lambda x, k: (step(x, k), None), x0, jax.random.split(k_burn, cfg.burn_in))
+        x0, _ = jax.lax.scan(lambda x, i: (step(x, i), None), x0, jnp.arange(cfg.burn_in, dtype=jnp.uint32))
     x0 = jax.lax.stop_gradient(x0)
     m0 = measure(x0)
-    keys = jax.random.split(k_meas, L)
+    keys = jnp.arange(cfg.burn_in, cfg.burn_in + L, dtype=jnp.uint32)  # the measured layers' numbers
 
     def pack(ms) -> dict[str, jax.Array]:
         out = {"stats": jnp.concatenate([m0[0][None], ms[0]])}
@@ -182,12 +191,12 @@ def network_pass(idx: jax.Array, seed: jax.Array, phi: Callable, cfg: NetConfig)
         _, ms = jax.lax.scan(fbody, x0, keys)
         return pack(ms)
 
-    R = jax.random.normal(k_read, (N, B), dtype)
+    R = normal(key, stream(READOUT), (N, B), dtype)
 
     def body(x, inp):
-        k, pg, pw = inp
+        layer_no, pg, pw = inp
         x = probe_sq(x, pg)
-        h = probe_weight_sq(layer(x, k), x, pw)
+        h = probe_weight_sq(layer(x, key, layer_no), x, pw)
         xn = phi(batch_norm(h, cfg.gamma, cfg.beta, cfg.eps))
         return xn, measure(jax.lax.stop_gradient(xn))
 
@@ -208,16 +217,32 @@ def _compiled(cfg: NetConfig, phi: Callable) -> Any:
     return jax.jit(jax.vmap(functools.partial(network_pass, phi=phi, cfg=cfg), in_axes=(0, None)))
 
 
+@dataclass(frozen=True, eq=False)
+class DeferredPhi:
+    """φ to be built only if a program that uses it must be traced: ``build()`` returns the JAX
+    callable that ``NetConfig.activation`` names. A run whose program is already in this process
+    or in symbnmf's executable cache never calls it (a repeated ``symbnmf simulate`` imports no
+    SymPy). :func:`run_networks` and :func:`precompile` accept it in place of φ."""
+
+    build: Callable[[], Callable]
+
+
+def _phi_factory(phi: Callable | DeferredPhi) -> Callable[[], Callable]:
+    return phi.build if isinstance(phi, DeferredPhi) else lambda: phi
+
+
 _EXECUTABLES: dict[tuple, Future] = {}
 _EXECUTABLES_LOCK = threading.Lock()
 
 
-def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Callable:
+def _executable(cfg: NetConfig, make_phi: Callable[[], Callable], size: int, devices: tuple) -> Callable:
     """The compiled call for ``size`` networks over ``devices``, compiled once per process (and
-    loaded from symbnmf's executable cache when another process compiled it, :func:`_load_or_compile`).  Thread-safe: a call
-    that another thread is compiling (:func:`precompile`) waits for it instead of compiling twice."""
+    loaded from symbnmf's executable cache when another process compiled it, :func:`_load_or_compile`).
+    Keyed by ``cfg`` (whose ``activation`` names φ), not by φ itself: ``make_phi()`` builds φ only
+    when the program must be compiled. Thread-safe: a call that another thread is compiling
+    (:func:`precompile`) waits for it instead of compiling twice."""
 
-    key = (cfg, phi, size, devices, jax.config.jax_enable_x64)  # type: ignore[attr-defined]
+    key = (cfg, size, devices, jax.config.jax_enable_x64)  # type: ignore[attr-defined]
     with _EXECUTABLES_LOCK:
         existing = _EXECUTABLES.get(key)
         mine = existing is None
@@ -229,7 +254,7 @@ def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Cal
                     del _EXECUTABLES[k]
     if mine:
         try:
-            fut.set_result(_load_or_compile(cfg, phi, size, devices))
+            fut.set_result(_load_or_compile(cfg, make_phi, size, devices))
         except BaseException as exc:
             fut.set_exception(exc)
             with _EXECUTABLES_LOCK:
@@ -238,26 +263,17 @@ def _executable(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Cal
     return fut.result()
 
 
-def _load_or_compile(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -> Any:
-    """The serialized executable of this call from symbnmf's cache (no tracing), else compiled
-    afresh (JAX's persistent cache off for that compilation, :func:`_fresh_compilation`) and
-    stored; where this JAX lacks that switch, compiled through JAX's cache and not stored.
-    ``cfg.activation`` names φ, so ``cfg`` with the shapes, devices, x64 and compiler options
-    describes the program completely."""
+def _load_or_compile(cfg: NetConfig, make_phi: Callable[[], Callable], size: int, devices: tuple) -> Any:
+    """The serialized executable of this call from symbnmf's cache (no tracing, φ not built), else
+    compiled afresh with φ = ``make_phi()`` (JAX's persistent cache off for that compilation,
+    :func:`_fresh_compilation`) and stored; where this JAX lacks that switch, compiled through
+    JAX's cache and not stored. ``cfg.activation`` names φ, so ``cfg`` with the shapes, devices,
+    x64 and compiler options describes the program completely."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from symbnmf.fast import _compile_cache as _cc
 
-    key = _cc.executable_key(
-        {
-            "program": "symbnmf.montecarlo.run.network_pass",
-            "cfg": asdict(cfg),
-            "size": size,
-            "devices": [(d.platform, d.device_kind, d.id) for d in devices],
-            "x64": bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]
-            "options": COMPILER_OPTIONS,
-        }
-    )
+    key = _program_key(cfg, size, devices)
     fresh = _fresh_compilation(devices)
     fn = _cc.load_executable(key, devices) if fresh is not None else None
     if fn is not None:
@@ -265,7 +281,7 @@ def _load_or_compile(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -
         return fn
     sharding = NamedSharding(Mesh(np.array(devices), ("nets",)), PartitionSpec("nets"))
     spec = jax.ShapeDtypeStruct((size,), np.int32, sharding=sharding)
-    lowered = _compiled(cfg, phi).lower(spec, np.uint32(0))
+    lowered = _compiled(cfg, make_phi()).lower(spec, np.uint32(0))
     if fresh is None:
         return _compile(lowered)
     # Compiled afresh, not read back from JAX's cache: an executable that JAX deserialized
@@ -275,6 +291,43 @@ def _load_or_compile(cfg: NetConfig, phi: Callable, size: int, devices: tuple) -
         fn = _compile(lowered)
     _cc.store_executable(key, fn)
     return fn
+
+
+def _program_key(cfg: NetConfig, size: int, devices: tuple) -> str:
+    """Key of the call's program in symbnmf's executable cache (:func:`_load_or_compile`)."""
+    from symbnmf.fast import _compile_cache as _cc
+
+    return _cc.executable_key(
+        {
+            "program": "symbnmf.montecarlo.run.network_pass",
+            "cfg": asdict(cfg),
+            "size": size,
+            "devices": [(d.platform, d.device_kind, d.id) for d in devices],
+            "x64": bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]
+            "options": COMPILER_OPTIONS,
+        }
+    )
+
+
+def _missing_kernel(exc: BaseException) -> bool:
+    """True for XLA's error when a loaded executable lacks one of its compiled kernels
+    ("NOT_FOUND: Function add_concatenate_fusion not found"): the program was serialized from an
+    executable that JAX itself had read back from its own cache."""
+    text = str(exc)
+    return "NOT_FOUND" in text and "Function" in text and "not found" in text
+
+
+def _replace_broken(cfg: NetConfig, make_phi: Callable[[], Callable], size: int, devices: tuple) -> Callable:
+    """Forget a stored program that cannot run (:func:`_missing_kernel`), here and on disk, and
+    compile it afresh: an authentic but broken entry heals on its first use instead of failing
+    every later run."""
+    from symbnmf.fast import _compile_cache as _cc
+
+    with _EXECUTABLES_LOCK:
+        _EXECUTABLES.pop((cfg, size, devices, jax.config.jax_enable_x64), None)  # type: ignore[attr-defined]
+    _cc.drop_executable(_program_key(cfg, size, devices))
+    jax.monitoring.record_event("/symbnmf/executable_cache/broken")
+    return _executable(cfg, make_phi, size, devices)
 
 
 def _fresh_compilation(devices: tuple) -> Any:
@@ -293,7 +346,12 @@ def _fresh_compilation(devices: tuple) -> Any:
 
 
 def precompile(
-    cfg: NetConfig, phi: Callable, networks: int, *, memory_bytes: int | None = None, devices: Any = None
+    cfg: NetConfig,
+    phi: Callable | DeferredPhi,
+    networks: int,
+    *,
+    memory_bytes: int | None = None,
+    devices: Any = None,
 ) -> None:
     """Compile (or load from the persistent cache) the call :func:`run_networks` will make with
     these arguments, e.g. in a background thread while other simulations run."""
@@ -301,7 +359,7 @@ def precompile(
     devs = tuple(devices) if devices is not None else tuple(jax.devices())
     plan = plan_chunks(cfg, networks, memory_bytes=memory_bytes, devices=len(devs))
     with jax.enable_x64(cfg.dtype == "float64"):
-        _executable(plan.cfg, phi, plan.chunk, devs)
+        _executable(plan.cfg, _phi_factory(phi), plan.chunk, devs)
 
 
 def _item(cfg: NetConfig) -> int:
@@ -384,9 +442,11 @@ class ChunkPlan:
 def plan_chunks(cfg: NetConfig, networks: int, *, memory_bytes: int | None = None, devices: int = 1) -> ChunkPlan:
     """Plan the calls of :func:`run_networks`: networks per call, number of calls, remat.
 
-    Each call vmaps ``w`` networks per device, ``w`` = :data:`VMAP_WIDTH` (or the bucketed
+    Each call holds about :data:`VMAP_WIDTH` networks over all its devices: it vmaps ``w``
+    networks per device, ``w`` = ⌈VMAP_WIDTH/devices⌉ bucketed (or the bucketed per-device
     network count when smaller), and the calls run one after the other, so the working memory
-    is that of one call whatever the number of networks.  ``memory_bytes`` (default
+    is that of one call whatever the number of networks, and does not grow with the number of
+    devices (on a CPU host ``symbnmf simulate`` makes one device per core).  ``memory_bytes`` (default
     :func:`default_memory_budget`) bounds it: when ``w`` networks per device do not fit, the
     backward pass is rematerialised (``cfg.remat``), and if they still do not fit ``w``
     shrinks.  Any configuration runs: if one network per device exceeds the budget, ``fits``
@@ -394,7 +454,7 @@ def plan_chunks(cfg: NetConfig, networks: int, *, memory_bytes: int | None = Non
     """
     budget = int(memory_bytes) if memory_bytes is not None else default_memory_budget()
     nd = max(1, int(devices))
-    w = bucket_up(-(-networks // nd))
+    w = min(bucket_up(-(-networks // nd)), bucket_up(-(-VMAP_WIDTH // nd)))
     if cfg.backward and not cfg.remat and bytes_per_network(cfg) * w * nd > budget:
         cfg = replace(cfg, remat=True)
     bpn = bytes_per_network(cfg)
@@ -416,7 +476,7 @@ def plan_chunks(cfg: NetConfig, networks: int, *, memory_bytes: int | None = Non
 
 def run_networks(
     cfg: NetConfig,
-    phi: Callable,
+    phi: Callable | DeferredPhi,
     seed: int,
     networks: int,
     *,
@@ -426,6 +486,9 @@ def run_networks(
     devices: Any = None,
 ) -> dict[str, np.ndarray]:
     """Run ``networks`` networks in calls planned by :func:`plan_chunks`, sharded over ``devices`` (default: all).
+
+    ``phi`` is the activation (a JAX callable) or a :class:`DeferredPhi` that builds it only if
+    the program must be compiled; either way ``cfg.activation`` must name it (it keys the program).
 
     ``chunk`` forces the networks per call (rounded up to a multiple of the device count; the
     remat decision still follows the budget; a width other than the planned one may change the
@@ -445,7 +508,8 @@ def run_networks(
         size = -(-max(1, int(chunk)) // nd) * nd
         nchunks = -(-networks // size)
     sharding = NamedSharding(Mesh(np.array(devs), ("nets",)), PartitionSpec("nets"))
-    fn = _executable(cfg, phi, size, devs)
+    make_phi = _phi_factory(phi)
+    fn = _executable(cfg, make_phi, size, devs)
     seed_arr = np.uint32(seed % 2**32)
     out: dict[str, np.ndarray] = {}
     bar = None
@@ -467,7 +531,16 @@ def run_networks(
         pending = None  # dispatch call c+1 before copying call c's (small) results to the host
         for c in range(nchunks):
             lo = c * size
-            res = fn(jax.device_put(np.arange(lo, lo + size, dtype=np.int32), sharding), seed_arr)
+            idx = jax.device_put(np.arange(lo, lo + size, dtype=np.int32), sharding)
+            try:
+                res = fn(idx, seed_arr)
+                if c == 0:  # a kernel missing from a loaded program shows when it runs
+                    jax.block_until_ready(res)
+            except Exception as exc:  # jax.errors.JaxRuntimeError
+                if c or not _missing_kernel(exc):
+                    raise
+                fn = _replace_broken(cfg, make_phi, size, devs)
+                res = fn(idx, seed_arr)
             if pending is not None:
                 collect(*pending)
             pending = (lo, res)
@@ -489,6 +562,7 @@ __all__ = [
     "STAT_NAMES",
     "VMAP_WIDTH",
     "ChunkPlan",
+    "DeferredPhi",
     "NetConfig",
     "bytes_per_network",
     "cov_stats",

@@ -110,3 +110,43 @@ def test_kernel_command_compiles_once(tmp_path):
     assert runs[0]["rc"] == runs[1]["rc"] == 0
     assert runs[0]["counts"].get(MISS, 0) >= 1
     assert runs[1]["counts"].get(MISS, 0) == 0 and runs[1]["counts"].get(HIT, 0) >= 1, runs[1]["counts"]
+
+
+BREAK_CHILD = """
+# Store, under the key of the CHILD run's program, an executable that JAX read back from its own
+# persistent cache: such an executable serializes without its compiled kernels (XLA then reports
+# "NOT_FOUND: Function ... not found" when it runs), the failure _load_or_compile avoids.
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from symbnmf.fast import _compile_cache as cc
+from symbnmf.montecarlo import networks, run
+cc.enable_compilation_cache()
+from symbnmf._activations import get_activation
+key, phi = networks._jax_phi(get_activation("relu"))
+cfg = networks._net_config(key, 8, 4, 3, 5, "fast", "gaussian", "float32", 1.0, 0.0, 0.0, 0.0, "fixed_point", True, False)
+devs = tuple(jax.devices())
+plan = run.plan_chunks(cfg, 3, devices=len(devs))
+sharding = NamedSharding(Mesh(np.array(devs), ("nets",)), PartitionSpec("nets"))
+spec = jax.ShapeDtypeStruct((plan.chunk,), np.int32, sharding=sharding)
+fn = run._compile(run._compiled(plan.cfg, phi).lower(spec, np.uint32(0)))  # through JAX's cache
+assert cc.store_executable(run._program_key(plan.cfg, plan.chunk, devs), fn)
+"""
+
+
+def test_broken_stored_executable_heals(tmp_path):
+    """An authentic entry that cannot run (an executable JAX had read back from its own cache,
+    stored by hand here) is dropped and compiled afresh on its first use, with the right numbers;
+    the next run loads the healthy replacement."""
+    env = dict(os.environ, SYMBNMF_CACHE_DIR=str(tmp_path))
+    env.pop("SYMBNMF_NO_COMPILE_CACHE", None)
+    good = _run(dict(env, SYMBNMF_CACHE_DIR=str(tmp_path / "reference")))
+    for _ in range(2):  # the first fills JAX's cache, the second stores what JAX read back from it
+        proc = subprocess.run([sys.executable, "-c", BREAK_CHILD], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    healed = _run(env)
+    c = healed["counts"]
+    assert c.get("/symbnmf/executable_cache/broken", 0) == 1 and c.get(EXE_MISS, 0) >= 1, c
+    assert healed["grad_x"] == good["grad_x"]
+    again = _run(env)
+    assert again["counts"].get(EXE_HIT, 0) >= 1 and "/symbnmf/executable_cache/broken" not in again["counts"]
+    assert again["grad_x"] == good["grad_x"]

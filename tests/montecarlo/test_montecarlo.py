@@ -120,15 +120,18 @@ def test_network_pass_dense_reproduces_hand_written_network():
     import jax
     import jax.numpy as jnp
 
-    from symbnmf.montecarlo.layers import batch_norm, dense_weights
+    from symbnmf.montecarlo.layers import FORWARD, INIT, READOUT, batch_norm, dense_weights, normal, stream
 
-    N, B, L, seed = 12, 4, 4, 7
-    res = simulate("tanh", B, N, L, 2, seed=seed, method="dense", init="iid", burn_in=0, theory=False)
+    N, B, L, seed, burn = 12, 4, 4, 7, 2
+    res = simulate("tanh", B, N, L, 2, seed=seed, method="dense", init="iid", burn_in=burn, theory=False)
     key = jax.random.fold_in(jax.random.key(np.uint32(seed)), 1)  # network number 1
-    k_init, k_read, _, k_meas = jax.random.split(key, 4)
-    x0 = jax.random.normal(k_init, (N, B))
-    R = jax.random.normal(k_read, (N, B))
-    Ws = [dense_weights(jax.random.split(k)[0], N, "gaussian", jnp.float32) for k in jax.random.split(k_meas, L)]
+    x0 = normal(key, stream(INIT), (N, B), jnp.float32)
+    for layer in range(burn):  # burn-in layers 0, 1: forward only
+        x0 = jnp.tanh(
+            batch_norm(dense_weights(key, stream(FORWARD, layer), N, "gaussian", jnp.float32) @ x0, 1.0, 0.0, 0.0)
+        )
+    R = normal(key, stream(READOUT), (N, B), jnp.float32)
+    Ws = [dense_weights(key, stream(FORWARD, burn + l), N, "gaussian", jnp.float32) for l in range(L)]
 
     def loss(Ws, us):
         x = x0 + us[0]
@@ -150,7 +153,7 @@ def test_fast_layer_matches_dense_conditional_law():
     import jax
     import jax.numpy as jnp
 
-    from symbnmf.montecarlo.layers import dense_weights, gaussian_layer
+    from symbnmf.montecarlo.layers import FORWARD, dense_weights, gaussian_layer, stream
 
     N, B, M = 10, 4, 20000
     kx, kr, ku = jax.random.split(jax.random.key(3), 3)
@@ -166,8 +169,8 @@ def test_fast_layer_matches_dense_conditional_law():
 
         return jax.vmap(one)(jax.random.split(jax.random.key(4), M))
 
-    fast = np.asarray(stats(gaussian_layer))
-    dense = np.asarray(stats(lambda xx, k: dense_weights(k, N, "gaussian", jnp.float32) @ xx))
+    fast = np.asarray(stats(lambda xx, k: gaussian_layer(xx, k, jnp.uint32(6))))
+    dense = np.asarray(stats(lambda xx, k: dense_weights(k, stream(FORWARD, 6), N, "gaussian", jnp.float32) @ xx))
     diff = fast.mean(0) - dense.mean(0)
     se = np.sqrt(fast.var(0, ddof=1) / M + dense.var(0, ddof=1) / M)
     assert np.all(np.abs(diff / se) < Z_MAX), diff / se
