@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from symbnmf._lazy import lazy_exports
 
 try:
     __version__: str = _dist_version("symbnmf")
@@ -93,19 +95,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
 __all__ = ["__version__", *_PUBLIC]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _PUBLIC[name]
-    except KeyError:
-        raise AttributeError(f"module 'symbnmf' has no attribute {name!r}") from None
-    mod = importlib.import_module(module)
-    value = getattr(mod, attr) if attr else mod
-    globals()[name] = value  # resolve once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())
 
 
 if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs

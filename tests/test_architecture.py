@@ -35,7 +35,17 @@ def stage_of(module: str) -> str | None:
     if len(parts) == 1:
         return "package"
     head = parts[1]
-    if head in ("_activations", "_chunking", "_conventions", "_errors", "_output", "_process", "_progress", "_secret"):
+    if head in (
+        "_activations",
+        "_chunking",
+        "_conventions",
+        "_errors",
+        "_lazy",
+        "_output",
+        "_process",
+        "_progress",
+        "_secret",
+    ):
         return "base"
     if head == "_evaluate":
         return "evaluate"

@@ -4,8 +4,9 @@ May import: the base modules, symbnmf.symbolic, symbnmf.numeric, JAX."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from symbnmf._lazy import lazy_exports
 
 #: public name -> (module, attribute; "" for the module itself). Resolved lazily (PEP 562), so
 #: importing one private module of this stage (``symbnmf.fast._compile_cache``, which a repeated
@@ -31,19 +32,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module, attr = _PUBLIC[name]
-    except KeyError:
-        raise AttributeError(f"module 'symbnmf.fast' has no attribute {name!r}") from None
-    mod = importlib.import_module(module)
-    value = getattr(mod, attr) if attr else mod
-    globals()[name] = value  # resolve once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())
 
 
 if TYPE_CHECKING:  # static view of the lazy names, for type checkers and IDEs

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,6 @@ def load_executable(key: str, devices: tuple) -> Any | None:
     """The compiled program stored under ``key`` for ``devices``, or None (absent, unreadable,
     not authentic, or not loadable here). Nothing is unpickled unless its HMAC under the per-user
     key of symbnmf's cache (:func:`symbnmf._secret.cache_secret`) matches."""
-    import hmac
     import pickle
 
     d = executable_cache_dir()
@@ -163,17 +163,8 @@ def load_executable(key: str, devices: tuple) -> Any | None:
         return None
     path = d / f"{key}.exe"
     try:
-        if not path.is_file() or path.stat().st_size > MAX_EXECUTABLE_BYTES:
-            return None
-        from symbnmf._secret import cache_secret
-
-        secret = cache_secret(cache_root(), create=False)
-        if secret is None:
-            return None
-        blob = path.read_bytes()
-        head, _, payload = blob.partition(b"\n")
-        magic, _, mac = head.partition(b" ")
-        if magic != _MAGIC or not hmac.compare_digest(mac.decode("ascii", "replace"), _mac(secret, key, payload)):
+        payload = _read_authentic(path, MAX_EXECUTABLE_BYTES, _MAGIC, lambda secret, data: _mac(secret, key, data))
+        if payload is None:
             return None
         from jax.experimental.serialize_executable import deserialize_and_load
 
@@ -186,11 +177,56 @@ def load_executable(key: str, devices: tuple) -> Any | None:
         return None
 
 
+def _read_authentic(path: Path, max_bytes: int, magic: bytes, mac: Callable[[bytes, bytes], str]) -> bytes | None:
+    """The payload of an entry written by :func:`_write_authentic`, or None: absent, larger than
+    ``max_bytes``, no per-user key yet, another magic, or ``mac(secret, payload)`` not its MAC."""
+    import hmac
+
+    if not path.is_file() or path.stat().st_size > max_bytes:
+        return None
+    from symbnmf._secret import cache_secret
+
+    secret = cache_secret(cache_root(), create=False)
+    if secret is None:
+        return None
+    head, _, payload = path.read_bytes().partition(b"\n")
+    found, _, tag = head.partition(b" ")
+    if found != magic or not hmac.compare_digest(tag.decode("ascii", "replace"), mac(secret, payload)):
+        return None
+    return payload
+
+
+def _write_authentic(
+    d: Path, name: str, magic: bytes, payload: bytes, mac: Callable[[bytes, bytes], str], keep: int
+) -> bool:
+    """Write ``magic MAC\\npayload`` to ``d/name`` atomically (directory 0700, file 0600), the MAC
+    from the per-user key (created if need be); then keep the ``keep`` most recently used entries
+    of the same suffix. False when there is no key."""
+    import tempfile
+
+    from symbnmf._secret import cache_secret
+
+    secret = cache_secret(cache_root(), create=True)
+    if secret is None:
+        return False
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".new-", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(magic + b" " + mac(secret, payload).encode() + b"\n" + payload)
+        os.replace(tmp, d / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _prune(d, "*" + Path(name).suffix, keep)
+    return True
+
+
 def store_executable(key: str, compiled: Any) -> bool:
     """Serialize ``compiled`` under ``key`` (atomically, mode 0600, with its HMAC); False when the
     cache is off, the program cannot be serialized, or the directory is not writable."""
     import pickle
-    import tempfile
 
     d = executable_cache_dir()
     if d is None:
@@ -198,24 +234,9 @@ def store_executable(key: str, compiled: Any) -> bool:
     try:
         from jax.experimental.serialize_executable import serialize
 
-        from symbnmf._secret import cache_secret
-
-        secret = cache_secret(cache_root(), create=True)
-        if secret is None:
-            return False
         payload = pickle.dumps(serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".exe-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(_MAGIC + b" " + _mac(secret, key, payload).encode() + b"\n" + payload)
-            os.replace(tmp, d / f"{key}.exe")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _prune(d, "*.exe", MAX_EXECUTABLES)
-        return True
+        mac = lambda secret, data: _mac(secret, key, data)
+        return _write_authentic(d, f"{key}.exe", _MAGIC, payload, mac, MAX_EXECUTABLES)
     except Exception:
         return False
 
@@ -295,7 +316,6 @@ def _resolved_mac(secret: bytes, key: str, payload: bytes) -> str:
 def load_resolved(key: str) -> dict | None:
     """The record stored under ``key``, or None (cache off, absent, too large, unreadable, not
     authentic under the per-user key, another format, not a JSON object). Never trusted otherwise."""
-    import hmac
     import json
 
     d = resolved_cache_dir()
@@ -303,18 +323,10 @@ def load_resolved(key: str) -> dict | None:
         return None
     path = d / f"{key}.json"
     try:
-        if not path.is_file() or path.stat().st_size > MAX_RESOLVED_BYTES:
-            return None
-        from symbnmf._secret import cache_secret
-
-        secret = cache_secret(cache_root(), create=False)
-        if secret is None:
-            return None
-        head, _, payload = path.read_bytes().partition(b"\n")
-        magic, _, mac = head.partition(b" ")
-        if magic != _RESOLVED_MAGIC or not hmac.compare_digest(
-            mac.decode("ascii", "replace"), _resolved_mac(secret, key, payload)
-        ):
+        payload = _read_authentic(
+            path, MAX_RESOLVED_BYTES, _RESOLVED_MAGIC, lambda secret, data: _resolved_mac(secret, key, data)
+        )
+        if payload is None:
             return None
         record = json.loads(payload)
         if not isinstance(record, dict):
@@ -329,29 +341,13 @@ def store_resolved(key: str, record: dict) -> bool:
     """Store ``record`` (plain JSON) under ``key``, atomically (directory 0700, file 0600) with its
     HMAC; False when the cache is off, the record is not plain JSON or nothing can be written."""
     import json
-    import tempfile
 
     d = resolved_cache_dir()
     if d is None:
         return False
     try:
         payload = json.dumps(record, sort_keys=True, allow_nan=False).encode()
-        from symbnmf._secret import cache_secret
-
-        secret = cache_secret(cache_root(), create=True)
-        if secret is None:
-            return False
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".rec-", suffix=".tmp")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(_RESOLVED_MAGIC + b" " + _resolved_mac(secret, key, payload).encode() + b"\n" + payload)
-            os.replace(tmp, d / f"{key}.json")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _prune(d, "*.json", MAX_RESOLVED)
-        return True
+        mac = lambda secret, data: _resolved_mac(secret, key, data)
+        return _write_authentic(d, f"{key}.json", _RESOLVED_MAGIC, payload, mac, MAX_RESOLVED)
     except Exception:
         return False
