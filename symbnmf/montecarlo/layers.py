@@ -63,9 +63,9 @@ def _is_threefry(key: jax.Array) -> bool:
 def random_bits(key: jax.Array, stream_id: jax.Array, n: int, width: int) -> jax.Array:
     """``n`` random words of ``width`` (32 or 64) bits from stream ``stream_id`` of a threefry ``key``.
 
-    Word j of a 32-bit stream is output word (j < n/2: the first, else the second) of the
-    Threefry-2x32 block (key; stream_id, j mod ⌈n/2⌉); a 64-bit word joins the two words of block
-    (key; stream_id, j), as ``jax.random.bits`` does.
+    With m = ⌈n/2⌉ blocks, 32-bit word j is the first output word of the Threefry-2x32 block
+    (key; stream_id, j) for j < m and the second word of block (key; stream_id, j − m) after; a
+    64-bit word j joins the two words of block (key; stream_id, j), as ``jax.random.bits`` does.
     """
     kd = jax.random.key_data(key)
     blocks = (n + 1) // 2 if width == 32 else n
