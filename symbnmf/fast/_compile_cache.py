@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +128,11 @@ def executable_key(description: dict) -> str:
     return hashlib.sha256(f"{EXECUTABLE_FORMAT}|{_package_fingerprint()}|{text}".encode()).hexdigest()
 
 
-def _mac(secret: bytes, key: str, payload: bytes) -> str:
+def _mac(fmt: str | int, secret: bytes, key: str, payload: bytes) -> str:
+    """HMAC-SHA256 of an entry of layout ``fmt`` stored under ``key`` (both bound into the MAC)."""
     import hmac
 
-    return hmac.new(secret, f"{EXECUTABLE_FORMAT}|{key}|".encode() + payload, "sha256").hexdigest()
+    return hmac.new(secret, f"{fmt}|{key}|".encode() + payload, "sha256").hexdigest()
 
 
 def init_runtime() -> None:
@@ -163,7 +163,7 @@ def load_executable(key: str, devices: tuple) -> Any | None:
         return None
     path = d / f"{key}.exe"
     try:
-        payload = _read_authentic(path, MAX_EXECUTABLE_BYTES, _MAGIC, lambda secret, data: _mac(secret, key, data))
+        payload = _read_authentic(path, MAX_EXECUTABLE_BYTES, _MAGIC, EXECUTABLE_FORMAT, key)
         if payload is None:
             return None
         from jax.experimental.serialize_executable import deserialize_and_load
@@ -177,9 +177,9 @@ def load_executable(key: str, devices: tuple) -> Any | None:
         return None
 
 
-def _read_authentic(path: Path, max_bytes: int, magic: bytes, mac: Callable[[bytes, bytes], str]) -> bytes | None:
+def _read_authentic(path: Path, max_bytes: int, magic: bytes, fmt: str | int, key: str) -> bytes | None:
     """The payload of an entry written by :func:`_write_authentic`, or None: absent, larger than
-    ``max_bytes``, no per-user key yet, another magic, or ``mac(secret, payload)`` not its MAC."""
+    ``max_bytes``, no per-user key yet, another magic, or not its :func:`_mac` (``fmt``, ``key``)."""
     import hmac
 
     if not path.is_file() or path.stat().st_size > max_bytes:
@@ -191,17 +191,15 @@ def _read_authentic(path: Path, max_bytes: int, magic: bytes, mac: Callable[[byt
         return None
     head, _, payload = path.read_bytes().partition(b"\n")
     found, _, tag = head.partition(b" ")
-    if found != magic or not hmac.compare_digest(tag.decode("ascii", "replace"), mac(secret, payload)):
+    if found != magic or not hmac.compare_digest(tag.decode("ascii", "replace"), _mac(fmt, secret, key, payload)):
         return None
     return payload
 
 
-def _write_authentic(
-    d: Path, name: str, magic: bytes, payload: bytes, mac: Callable[[bytes, bytes], str], keep: int
-) -> bool:
-    """Write ``magic MAC\\npayload`` to ``d/name`` atomically (directory 0700, file 0600), the MAC
-    from the per-user key (created if need be); then keep the ``keep`` most recently used entries
-    of the same suffix. False when there is no key."""
+def _write_authentic(d: Path, key: str, suffix: str, magic: bytes, fmt: str | int, payload: bytes, keep: int) -> bool:
+    """Write ``magic MAC\\npayload`` to ``d/<key><suffix>`` atomically (directory 0700, file 0600),
+    the :func:`_mac` of ``fmt`` and ``key`` under the per-user key (created if need be); then keep
+    the ``keep`` most recently used entries of that suffix. False when there is no key."""
     import tempfile
 
     from symbnmf._secret import cache_secret
@@ -213,13 +211,13 @@ def _write_authentic(
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".new-", suffix=".tmp")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(magic + b" " + mac(secret, payload).encode() + b"\n" + payload)
-        os.replace(tmp, d / name)
+            fh.write(magic + b" " + _mac(fmt, secret, key, payload).encode() + b"\n" + payload)
+        os.replace(tmp, d / f"{key}{suffix}")
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _prune(d, "*" + Path(name).suffix, keep)
+    _prune(d, "*" + suffix, keep)
     return True
 
 
@@ -235,8 +233,7 @@ def store_executable(key: str, compiled: Any) -> bool:
         from jax.experimental.serialize_executable import serialize
 
         payload = pickle.dumps(serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
-        mac = lambda secret, data: _mac(secret, key, data)
-        return _write_authentic(d, f"{key}.exe", _MAGIC, payload, mac, MAX_EXECUTABLES)
+        return _write_authentic(d, key, ".exe", _MAGIC, EXECUTABLE_FORMAT, payload, MAX_EXECUTABLES)
     except Exception:
         return False
 
@@ -307,12 +304,6 @@ def resolved_key(description: dict) -> str | None:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _resolved_mac(secret: bytes, key: str, payload: bytes) -> str:
-    import hmac
-
-    return hmac.new(secret, f"{RESOLVED_FORMAT}|{key}|".encode() + payload, "sha256").hexdigest()
-
-
 def load_resolved(key: str) -> dict | None:
     """The record stored under ``key``, or None (cache off, absent, too large, unreadable, not
     authentic under the per-user key, another format, not a JSON object). Never trusted otherwise."""
@@ -323,9 +314,7 @@ def load_resolved(key: str) -> dict | None:
         return None
     path = d / f"{key}.json"
     try:
-        payload = _read_authentic(
-            path, MAX_RESOLVED_BYTES, _RESOLVED_MAGIC, lambda secret, data: _resolved_mac(secret, key, data)
-        )
+        payload = _read_authentic(path, MAX_RESOLVED_BYTES, _RESOLVED_MAGIC, RESOLVED_FORMAT, key)
         if payload is None:
             return None
         record = json.loads(payload)
@@ -347,7 +336,6 @@ def store_resolved(key: str, record: dict) -> bool:
         return False
     try:
         payload = json.dumps(record, sort_keys=True, allow_nan=False).encode()
-        mac = lambda secret, data: _resolved_mac(secret, key, data)
-        return _write_authentic(d, f"{key}.json", _RESOLVED_MAGIC, payload, mac, MAX_RESOLVED)
+        return _write_authentic(d, key, ".json", _RESOLVED_MAGIC, RESOLVED_FORMAT, payload, MAX_RESOLVED)
     except Exception:
         return False

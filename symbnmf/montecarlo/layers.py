@@ -112,49 +112,45 @@ def rademacher(key: jax.Array, stream_id: jax.Array, shape: tuple[int, ...], dty
 LOOP_MIN_SIZE = 24
 
 
-@custom_vmap
-def eigh_each(S: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``jnp.linalg.eigh`` of one symmetric matrix, batched (vmap) as a loop of single calls.
+def _one_matrix_per_call(decompose: Callable[[jax.Array], tuple[jax.Array, jax.Array]], min_size: int = 0) -> Any:
+    """``decompose`` (a LAPACK factorisation of one matrix) whose vmap is a loop of single calls
+    for matrices of size >= ``min_size``.
 
-    jaxlib's batched LAPACK kernel splits a large enough batch over XLA's intra-op thread pool and
-    blocks its own pool thread until the pieces are done; with one XLA CPU device per core (as
+    jaxlib's batched LAPACK kernels split a large enough batch over XLA's intra-op thread pool and
+    block their own pool thread until the pieces are done; with one XLA CPU device per core (as
     ``symbnmf simulate`` runs), every pool thread can be such a waiting device and nothing runs
-    the pieces: the process hangs (seen at B >= 64 with two devices on two cores). One matrix per
-    call never splits. Matrices smaller than :data:`LOOP_MIN_SIZE` (a batch far too cheap to be
-    split: none hung up to B = 32) keep the batched call, whose loop is cheaper than XLA's."""
+    the pieces: the process hangs (seen with two devices on two cores for a batch of B >= 64
+    eigendecompositions and of N×N QRs). One matrix per call never splits. Smaller matrices (a
+    batch far too cheap to be split: no eigh hung up to B = 32) keep the batched call, whose loop
+    is cheaper than XLA's."""
+    one = custom_vmap(decompose)
+
+    @one.def_vmap
+    def _vmap(axis_size: int, in_batched: list[bool], A: jax.Array) -> tuple[Any, tuple[bool, bool]]:
+        (batched,) = in_batched
+        if not batched:
+            return one(A), (False, False)
+        if A.shape[-1] < min_size:
+            return decompose(A), (True, True)
+        return jax.lax.map(one, A), (True, True)
+
+    return one
+
+
+def _eigh(S: jax.Array) -> tuple[jax.Array, jax.Array]:
     w, V = jnp.linalg.eigh(S)
     return w, V
 
 
-@eigh_each.def_vmap
-def _eigh_each_vmap(
-    axis_size: int, in_batched: list[bool], S: jax.Array
-) -> tuple[tuple[jax.Array, jax.Array], tuple[bool, bool]]:
-    (batched,) = in_batched
-    if not batched:
-        return eigh_each(S), (False, False)
-    if S.shape[-1] < LOOP_MIN_SIZE:
-        w, V = jnp.linalg.eigh(S)
-        return (w, V), (True, True)
-    return jax.lax.map(eigh_each, S), (True, True)
-
-
-@custom_vmap
-def qr_each(A: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``jnp.linalg.qr`` of one matrix, batched (vmap) as a loop of single calls, for the same
-    reason as :func:`eigh_each` (a batch of N×N QRs hung with two devices)."""
+def _qr(A: jax.Array) -> tuple[jax.Array, jax.Array]:
     q, r = jnp.linalg.qr(A)
     return q, r
 
 
-@qr_each.def_vmap
-def _qr_each_vmap(
-    axis_size: int, in_batched: list[bool], A: jax.Array
-) -> tuple[tuple[jax.Array, jax.Array], tuple[bool, bool]]:
-    (batched,) = in_batched
-    if not batched:
-        return qr_each(A), (False, False)
-    return jax.lax.map(qr_each, A), (True, True)
+#: ``jnp.linalg.eigh`` of one symmetric matrix, looped under vmap from :data:`LOOP_MIN_SIZE` on.
+eigh_each = _one_matrix_per_call(_eigh, LOOP_MIN_SIZE)
+#: ``jnp.linalg.qr`` of one matrix, always looped under vmap (dense layers: N×N).
+qr_each = _one_matrix_per_call(_qr)
 
 
 def _rtol(dtype) -> float:

@@ -235,6 +235,11 @@ _EXECUTABLES: dict[tuple, Future] = {}
 _EXECUTABLES_LOCK = threading.Lock()
 
 
+def _process_key(cfg: NetConfig, size: int, devices: tuple) -> tuple:
+    """Key of the call's program among this process's executables (:data:`_EXECUTABLES`)."""
+    return (cfg, size, devices, jax.config.jax_enable_x64)  # type: ignore[attr-defined]
+
+
 def _executable(cfg: NetConfig, make_phi: Callable[[], Callable], size: int, devices: tuple) -> Callable:
     """The compiled call for ``size`` networks over ``devices``, compiled once per process (and
     loaded from symbnmf's executable cache when another process compiled it, :func:`_load_or_compile`).
@@ -242,7 +247,7 @@ def _executable(cfg: NetConfig, make_phi: Callable[[], Callable], size: int, dev
     when the program must be compiled. Thread-safe: a call that another thread is compiling
     (:func:`precompile`) waits for it instead of compiling twice."""
 
-    key = (cfg, size, devices, jax.config.jax_enable_x64)  # type: ignore[attr-defined]
+    key = _process_key(cfg, size, devices)
     with _EXECUTABLES_LOCK:
         existing = _EXECUTABLES.get(key)
         mine = existing is None
@@ -324,7 +329,7 @@ def _replace_broken(cfg: NetConfig, make_phi: Callable[[], Callable], size: int,
     from symbnmf.fast import _compile_cache as _cc
 
     with _EXECUTABLES_LOCK:
-        _EXECUTABLES.pop((cfg, size, devices, jax.config.jax_enable_x64), None)  # type: ignore[attr-defined]
+        _EXECUTABLES.pop(_process_key(cfg, size, devices), None)
     _cc.drop_executable(_program_key(cfg, size, devices))
     jax.monitoring.record_event("/symbnmf/executable_cache/broken")
     return _executable(cfg, make_phi, size, devices)
