@@ -4,10 +4,11 @@ Implementations (ReLU, float64):
 
 * ``symbnmf``: :func:`symbnmf.kernels.batchnorm_nngp` / :func:`~symbnmf.kernels.batchnorm_ntk`
   (Laplace method in JAX; at ε = 0 a Gauss–Jacobi rule in s chosen per matrix from its spectrum). Timed
-  two ways: the public call on concrete arrays (input checks + one host ``eigh`` per matrix, which
-  chooses its rule and feeds the jitted core), and ``jax.jit`` of the public function with one rule
-  for the batch (``choose_rule``; the ``eigh`` then runs inside the kernel: what a user's jitted
-  pipeline pays).
+  two ways: the public call on concrete arrays (input checks + one host ``eigh`` per matrix on the host
+  threads, which chooses its rule and feeds the jitted core; the goal is judged on it), timed as 3
+  consecutive calls per round (the throughput of a stream of batches), and ``jax.jit`` of the public
+  function with one rule for the batch (``choose_rule``; the ``eigh`` then runs inside the kernel: what a
+  user's jitted pipeline pays).
 * ``GP4A-style`` (the baseline, implemented here in numpy): one ``eigh`` of GΣG, then a 10-point
   Gauss–Laguerre rule in s for V = B ∫₀^∞ det(I + 2sΣ_G)^{-1/2} V_relu(S(s)) ds, after scaling Σ so
   that the mean non-zero eigenvalue of Σ_G is 1/2 (BN ignores the scale): ∫ f ≈ Σ_k w_k e^{x_k} f(x_k).
@@ -303,57 +304,72 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- throughput at B = 16 ------------------------------------------------------------------
     n16 = 200 if quick else 1000
+    calls = 3  # consecutive public calls per timed round: the throughput of a stream of batches
     families = {"random Wishart": random_cov(16, n16, 16), "digits batches": digits_covs(16, n16, 16)}
     out["throughput_B16"] = {}
+    out["devices"] = [str(d) for d in jax.local_devices()]
     for fam, covs16 in families.items():
         rule16 = choose_rule(covs16)
         jit_nngp = jax.jit(lambda c, r=rule16: batchnorm_nngp(c, "relu", rule=r))
         c16 = jnp.asarray(covs16)
         print(
-            f"\n## throughput, B = 16, {n16} Σ ({fam}) batched (rule {rule16.kind}, {rule16.nodes} s-nodes; "
-            "timing rounds interleaved)"
+            f"\n## throughput, B = {16}, {n16} Σ ({fam}) batched; {len(jax.local_devices())} JAX device(s); "
+            f"timing rounds interleaved, {calls} consecutive public calls per round"
         )
         t0 = time.perf_counter()
         _block(jit_nngp(c16))
         compile16 = time.perf_counter() - t0
+
+        def stream(c: np.ndarray = covs16) -> Any:
+            for _ in range(calls):
+                r = batchnorm_nngp(c, "relu")
+            return r
+
         n_loop = min(n16, 100)
         loop = f"GP4A loop ({n_loop} Σ)"
         times = interleaved(
             {
+                "symbnmf call": stream,
                 "symbnmf jit": lambda f=jit_nngp, c=c16: f(c),
-                "symbnmf call": lambda c=covs16: batchnorm_nngp(c, "relu"),
                 "GP4A batched": lambda c=covs16: gp4a_relu(c),
                 loop: lambda c=covs16[:n_loop]: gp4a_loop(c),
             },
             repeat,
         )
+        times["symbnmf call"] = {k: (v / calls if k != "runs" else v) for k, v in times["symbnmf call"].items()}
         times[loop] = {k: (v * n16 / n_loop if k != "runs" else v) for k, v in times[loop].items()}
         for k, v in times.items():
             print(f"  {k:<22} {fmt_t(v)}  -> {v['median'] / n16 * 1e3:.3f} ms/Σ")
-        print(f"  (GP4A loop scaled to {n16} Σ; symbnmf jit compile {compile16:.2f} s)")
-        ratio_l = times[loop]["median"] / times["symbnmf jit"]["median"]
-        ratio_b = times["GP4A batched"]["median"] / times["symbnmf jit"]["median"]
-        ratio_c = times[loop]["median"] / times["symbnmf call"]["median"]
-        ratio_cpu = times[loop]["cpu_median"] / times["symbnmf jit"]["cpu_median"]
         print(
-            f"  throughput symbnmf(jit) / GP4A loop (the issue's anchor) = {ratio_l:.2f}x (CPU {ratio_cpu:.2f}x); "
-            f"/ GP4A batched in numpy = {ratio_b:.2f}x; symbnmf(public call) / GP4A loop = {ratio_c:.2f}x"
+            f"  (per {n16} Σ: the public call averaged over its {calls} calls, the GP4A loop scaled from {n_loop} Σ; "
+            f"jit rule {rule16.kind} {rule16.nodes} nodes, compile {compile16:.2f} s)"
+        )
+        ratio_c = times[loop]["median"] / times["symbnmf call"]["median"]
+        ratio_cpu = times[loop]["cpu_median"] / times["symbnmf call"]["cpu_median"]
+        ratio_l = times[loop]["median"] / times["symbnmf jit"]["median"]
+        ratio_b = times["GP4A batched"]["median"] / times["symbnmf call"]["median"]
+        print(
+            f"  throughput symbnmf(public call, batched) / GP4A loop (the issue's anchor) = {ratio_c:.2f}x "
+            f"(CPU time {ratio_cpu:.2f}x); / GP4A batched in numpy = {ratio_b:.2f}x; "
+            f"symbnmf(jit, one rule) / GP4A loop = {ratio_l:.2f}x"
         )
         out["throughput_B16"][fam] = {
             "n": n16,
-            "rule": [rule16.kind, rule16.nodes, rule16.power],
+            "calls_per_round": calls,
+            "rule_jit": [rule16.kind, rule16.nodes, rule16.power],
             "compile_s": compile16,
             "times": times,
-            "ratio_vs_loop": ratio_l,
-            "ratio_cpu_vs_loop": ratio_cpu,
-            "ratio_vs_batched": ratio_b,
             "ratio_call_vs_loop": ratio_c,
+            "ratio_cpu_call_vs_loop": ratio_cpu,
+            "ratio_jit_vs_loop": ratio_l,
+            "ratio_call_vs_batched": ratio_b,
         }
         goals.append(
             (
-                f">= 10x GP4A-style throughput at B = 16, batched, vs the per-Σ anchor ({fam})",
-                ratio_l >= 10,
-                f"{ratio_l:.2f}x (vs numpy-batched GP4A: {ratio_b:.2f}x)",
+                f">= 10x GP4A-style throughput at B = 16, batched public call vs the per-Σ anchor ({fam})",
+                ratio_c >= 10,
+                f"{ratio_c:.2f}x (CPU time {ratio_cpu:.2f}x; jit with one rule {ratio_l:.2f}x; "
+                f"vs numpy-batched GP4A {ratio_b:.2f}x)",
             )
         )
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from symbnmf._errors import ActivationError
 from symbnmf.kernels.nngp import (
+    Homogeneous,
     KernelError,
     _check_cov,
     _choose_from_spectra,
@@ -138,13 +139,16 @@ def _gaussian_activation_kernel(activation: Any) -> Callable[[_State], _State]:
 
 
 def _bn_activation_kernel(activation: Any, eps: float, nodes: int | None, samples: int, seed: int) -> Callable:
-    hom = homogeneous(activation)
-    exact = hom is not None and hom.alpha == 1.0
+    found = homogeneous(activation)
+    exact = found is not None and found.alpha == 1.0
+    hom = found if found is not None else Homogeneous(1.0, 1.0, 0.0)  # read only when exact
 
     def same_batch(K: Any, T: Any) -> tuple[Any, Any]:
-        _check_cov(K, "the pre-activation NNGP of a batch at a BatchNorm layer", built=True)
-        if exact and _is_concrete(K) and _is_concrete(T):  # one host eigh: the rule, and none in the kernel
-            lam, Q = _host_spectra(K)
+        what = "the pre-activation NNGP of a batch at a BatchNorm layer"
+        fast = exact and _is_concrete(K) and _is_concrete(T)
+        _check_cov(K, what, built=True, values=not fast)
+        if fast:  # one host eigh (values checked on the way): the rule, and none in the kernel
+            lam, Q = _host_spectra(K, check=what, built=True)
             n = (
                 _choose_from_spectra(lam, eps, 1.0, 1.0)
                 if nodes is None
