@@ -130,9 +130,12 @@ def _avx512() -> bool:
 
 def compiler_options() -> dict[str, Any]:
     """XLA compile options for the kernel programs: 512-bit vectors on a CPU backend whose host has AVX-512."""
-    if jax.default_backend() == "cpu" and _avx512():
-        return {"xla_cpu_prefer_vector_width": 512}
-    return {}
+    return dict(_options(jax.default_backend()))
+
+
+@lru_cache(maxsize=8)
+def _options(backend: str) -> tuple[tuple[str, Any], ...]:
+    return (("xla_cpu_prefer_vector_width", 512),) if backend == "cpu" and _avx512() else ()
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -148,12 +151,12 @@ def kernel_jit(static_argnames: tuple[str, ...]) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
-            traced = any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves((args, kwargs)))
-            opts = {} if traced else compiler_options()  # JAX takes compile options on top-level jits only
-            key = tuple(sorted(opts.items()))
+            # the kernels take arrays and hashable statics, no containers: the arguments themselves are the leaves
+            traced = any(isinstance(v, jax.core.Tracer) for v in (*args, *kwargs.values()))
+            key = () if traced else _options(jax.default_backend())  # compile options: top-level jits only
             j = jitted.get(key)
             if j is None:
-                j = jitted[key] = jax.jit(fn, static_argnames=static_argnames, compiler_options=opts or None)
+                j = jitted[key] = jax.jit(fn, static_argnames=static_argnames, compiler_options=dict(key) or None)
             return j(*args, **kwargs)
 
         return call  # type: ignore[return-value]

@@ -546,27 +546,56 @@ def _bernstein(x: np.ndarray) -> np.ndarray:
     return np.maximum(z, 1.0 / z)
 
 
+def _need(kappa: np.ndarray, power: float, target: float) -> np.ndarray:
+    """Nodes n with predicted error ρ^{−2n} = ``target`` for condition numbers ``kappa`` = λ_max/λ_min of Σ_G
+    (λ_min the smallest non-zero eigenvalue) and the map p = ``power``; 0 where ρ = ∞ (κ = 1).
+
+    ρ is the Bernstein parameter, for [0, 1], of the branch point of det(I + 2sΣ_G)^{−1/2} nearest to it. In
+    the x of the map, x/(1 − x) = (−1/(2cλ))^p at s = −1/(2λ) with c = 1/(2√(λ_max λ_min)); it moves
+    monotonically towards an end of [0, 1] as λ moves towards an end of the spectrum, so the nearest comes
+    from λ_max or λ_min (2cλ = √κ^{±1}), and ρ depends on κ alone."""
+    root = np.sqrt(np.asarray(kappa, dtype=float))[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = (-1.0 / np.concatenate([root, 1.0 / root], axis=-1)).astype(complex) ** power
+        far = np.abs(1.0 + u) < 1e-12  # the branch point at x = ∞
+        rho = np.min(np.where(far, np.inf, _bernstein(np.where(far, 0.5, u / (1.0 + u)))), axis=-1)
+        return np.where(np.isfinite(rho), math.log(1.0 / target) / (2.0 * np.log(rho)), 0.0)
+
+
+@lru_cache(maxsize=16)
+def _kappa_limits(power: float, target: float, sizes: tuple[int, ...]) -> np.ndarray:
+    """The largest κ each size in ``sizes`` serves (:func:`_need` ≤ size; it grows with κ), by bisection in
+    log κ, so that a spectrum's size is one ``searchsorted`` (the host takes the sizes of every chunk of a
+    streamed batch, and the formula cost ~0.1 ms a chunk in numpy calls)."""
+    lo = np.zeros(len(sizes))
+    hi = np.full(len(sizes), 60.0)  # log κ: κ up to e^60
+    n = np.asarray(sizes, dtype=float)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        ok = _need(np.exp(mid), power, target) <= n
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    return np.where(_need(np.ones(len(sizes)), power, target) <= n, np.exp(lo), 0.0)  # 0: not even κ = 1
+
+
 def _gauss_sizes(lam: np.ndarray, power: float) -> np.ndarray:
     """Per row of the spectra ``lam`` (k, B) (zeros: off the range): the smallest size in :data:`GAUSS_SIZES`
-    whose predicted error ρ^{−2n} is at most :data:`_GAUSS_TARGET`, or 0 when none is. ρ: the Bernstein
-    parameter of the nearest branch point of det(I + 2sΣ_G)^{−1/2}, s = −1/(2λ_k), in the x of the map."""
-    pos = lam > 0
-    lmax = np.max(lam, axis=-1, keepdims=True)
-    lmin = np.min(np.where(pos, lam, np.inf), axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):  # Σ_G = 0 (0·∞): no size, as below
-        c = 0.5 / np.sqrt(lmax * lmin)
-    # the branch point nearest [0, 1] comes from λ_max or λ_min: x/(1 − x) = (−1/(2cλ))^p moves monotonically
-    # towards an end of [0, 1] as λ moves towards an end of the spectrum (tested against every λ_k)
-    lam = np.concatenate([lmax, lmin], axis=-1)
-    pos = np.isfinite(lmin) & (lmax > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = (-1.0 / (2.0 * c * np.where(pos, lam, 1.0))).astype(complex) ** power  # x/(1 − x) there
-        far = ~pos | (np.abs(1.0 + u) < 1e-12)  # off the range, or the branch point at x = ∞
-        rho = np.min(np.where(far, np.inf, _bernstein(np.where(far, 0.5, u / (1.0 + u)))), axis=-1)
-        need = np.where(rho > 1.0, math.log(1.0 / _GAUSS_TARGET) / (2.0 * np.log(rho)), np.inf)
+    whose predicted error ρ^{−2n} is at most :data:`_GAUSS_TARGET` (:func:`_need`), or 0 when none is or
+    Σ_G = 0."""
+    return _sizes_of_kappa(_kappa(lam), power)
+
+
+def _kappa(lam: np.ndarray) -> np.ndarray:
+    """λ_max/λ_min (smallest non-zero) per row of the spectra ``lam`` (k, B); ∞ where Σ_G = 0."""
+    lmax = np.max(lam, axis=-1)
+    lmin = np.min(np.where(lam > 0, lam, np.inf), axis=-1)
+    ok = lmax > 0
+    return np.where(ok, lmax / np.where(ok, lmin, 1.0), np.inf)
+
+
+def _sizes_of_kappa(kappa: np.ndarray, power: float) -> np.ndarray:
     sizes = np.asarray(GAUSS_SIZES)
-    idx = np.searchsorted(sizes, need)  # first size >= need
-    return np.where(idx < len(sizes), sizes[np.minimum(idx, len(sizes) - 1)], 0)
+    idx = np.searchsorted(_kappa_limits(float(power), float(_GAUSS_TARGET), tuple(GAUSS_SIZES)), kappa)
+    return np.where(idx < len(sizes), sizes[np.minimum(idx, len(sizes) - 1)], 0)  # κ = ∞: past every limit
 
 
 def _centred(c: np.ndarray) -> np.ndarray:
@@ -692,7 +721,8 @@ def _row_sizes(lam: np.ndarray, tail: float) -> np.ndarray:
     """Gauss sizes (k, 2) of each row of the spectra ``lam`` (k, B) for the maps p = 1 and p = ½ (columns), 0
     where that map has no size in :data:`GAUSS_SIZES` or the integral needs the DE rule (a ≤ −1)."""
     ok = 0.5 * np.sum(lam > 0, axis=-1) - 1.0 - tail > -1.0
-    return np.stack([np.where(ok, _gauss_sizes(lam, 1.0), 0), np.where(ok, _gauss_sizes(lam, 0.5), 0)], axis=-1)
+    kappa = np.where(ok, _kappa(lam), np.inf)
+    return np.stack([_sizes_of_kappa(kappa, 1.0), _sizes_of_kappa(kappa, 0.5)], axis=-1)
 
 
 def _rule_groups(
@@ -1299,13 +1329,12 @@ def batchnorm_nngp(
         _check_cov(cov)
     if hom is None:
         return _nngp_monte_carlo(cov, activation, eps, key, samples)
-    eps_a = jnp.asarray(eps, dtype=cov.dtype)
     if fast:  # one host eigh per matrix (values checked on the way): its rule, and no eigh in the kernel
-        eps64 = jnp.asarray(eps, dtype=jnp.float64)
+        eps64 = np.asarray(eps, dtype=np.float64)  # numpy: jnp.asarray is an op dispatch (~0.3 ms)
         fn = lambda c, w, q, r: _nngp_exact(c, eps64, hom, r, return_error, w, q)
         return _concrete(fn, cov, (), eps=eps, beta=hom.alpha, tail=0.0, nodes=nodes, rule=rule, check="cov")
     srule = _resolve_nodes(nodes, cov, eps, hom.alpha, rule=rule)
-    return _nngp_exact(cov, eps_a, hom, srule, return_error)
+    return _nngp_exact(cov, jnp.asarray(eps, dtype=cov.dtype), hom, srule, return_error)
 
 
 @kernel_jit(("hom", "rule"))
@@ -1359,14 +1388,13 @@ def batchnorm_ntk(
         _check_cov(cov)
     if hom is None:
         return _ntk_monte_carlo(cov, theta, activation, eps, key, samples)
-    eps_a = jnp.asarray(eps, dtype=cov.dtype)
     if fast:
         tflat = np.broadcast_to(np.asarray(theta, dtype=np.float64), cov.shape).reshape(-1, *cov.shape[-2:])
-        eps64 = jnp.asarray(eps, dtype=jnp.float64)
+        eps64 = np.asarray(eps, dtype=np.float64)
         fn = lambda c, t, w, q, r: _ntk_exact(c, t, eps64, hom, r, w, q)
         return _concrete(fn, cov, (tflat,), eps=eps, beta=1.0, tail=1.0, nodes=nodes, rule=rule, check="cov")
     srule = _resolve_nodes(nodes, cov, eps, 1.0, tail=1.0, rule=rule)
-    return _ntk_exact(cov, theta, eps_a, hom, srule)
+    return _ntk_exact(cov, theta, jnp.asarray(eps, dtype=cov.dtype), hom, srule)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,7 +119,8 @@ def test_groups_give_every_matrix_a_rule_that_serves_it(seed):
 
 
 def test_sizes_from_the_extreme_eigenvalues_equal_sizes_from_all():
-    """_gauss_sizes looks at λ_max and λ_min only: the same sizes as the nearest branch point over all λ_k."""
+    """_gauss_sizes reads κ = λ_max/λ_min against a table of the largest κ each size serves: the same sizes as
+    the nearest branch point over all λ_k (none for Σ_G = 0)."""
 
     def from_all(lam: np.ndarray, power: float) -> np.ndarray:
         pos = lam > 0
@@ -133,7 +134,7 @@ def test_sizes_from_the_extreme_eigenvalues_equal_sizes_from_all():
             need = np.where(rho > 1.0, math.log(1.0 / K._GAUSS_TARGET) / (2.0 * np.log(rho)), np.inf)
         sizes = np.asarray(K.GAUSS_SIZES)
         idx = np.searchsorted(sizes, need)
-        return np.where(idx < len(sizes), sizes[np.minimum(idx, len(sizes) - 1)], 0)
+        return np.where((idx < len(sizes)) & np.any(pos, axis=-1), sizes[np.minimum(idx, len(sizes) - 1)], 0)
 
     rng = np.random.default_rng(0)
     for _ in range(40):
@@ -142,6 +143,7 @@ def test_sizes_from_the_extreme_eigenvalues_equal_sizes_from_all():
         lam[:, 0] = 0.0
         lam[rng.uniform(size=k) < 0.05] = 1.0  # BSB1: one eigenvalue
         lam[rng.uniform(size=k) < 0.05] = 0.0  # Σ_G = 0: no size
+        lam[rng.uniform(size=k) < 0.05, 1:] = 3.0  # κ = 1 exactly
         for p in (1.0, 0.5):
             np.testing.assert_array_equal(K._gauss_sizes(lam, p), from_all(lam, p))
 
