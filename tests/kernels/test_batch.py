@@ -285,3 +285,20 @@ def test_a_forked_child_gets_a_working_pool():
 def _child_chunks() -> list[int]:
     futures = H.submit_chunks(lambda a, b: a, H.chunk_bounds(1000, 64))
     return [f.result(timeout=60) for f in futures]
+
+
+@pytest.mark.slow
+def test_calibration_script_stays_within_its_bound():
+    """benchmarks/calibrate_rules.py (the numbers behind the rules' target) runs and its worst error against
+    the 96-node rule stays far below the kernels' 1e-12 promise."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "calibrate_rules.py"), "--n", "30"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    worst = float(proc.stdout.strip().splitlines()[-1].split()[-1])
+    assert worst < 1e-13, proc.stdout
