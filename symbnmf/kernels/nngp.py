@@ -601,7 +601,7 @@ def _sizes_of_kappa(kappa: np.ndarray, power: float) -> np.ndarray:
 def _centred(c: np.ndarray) -> np.ndarray:
     """Σ_G = GΣG of a concrete stack (..., B, B) of symmetric matrices: Σ − r1ᵀ − 1rᵀ + m with r the row
     means and m their mean (one matrix-vector product for all rows; numpy's means over short axes cost 3×
-    as much). For a Σ that is symmetric only within round-off the result is symmetric all the same."""
+    as much). A Σ symmetric only within round-off keeps that round-off; ``eigh`` reads one triangle."""
     B = c.shape[-1]
     w = np.full(B, 1.0 / B)
     r = (c.reshape(-1, B) @ w).reshape(*c.shape[:-1])
