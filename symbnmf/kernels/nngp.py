@@ -629,8 +629,11 @@ def _host_spectra(cov: Any, check: str | None = None, *, built: bool = False) ->
 
     The decompositions run on the host threads (:func:`_start_spectra`). ``check``: also run the value checks
     of :func:`_check_cov` (``check`` names the argument in the error; ``built`` as there)."""
-    lam, Q, _ = _host_prepare(cov, check, built=built)
-    return lam, Q
+    c = np.asarray(cov, dtype=np.float64)
+    B = c.shape[-1]
+    lam, Q, _, futures, _ = _start_spectra(c.reshape(-1, B, B), check, built)
+    raise_first(futures)
+    return _clip_spectra(lam), Q
 
 
 def _start_spectra(
@@ -664,18 +667,6 @@ def _start_spectra(
             wait_all(futures)  # LAPACK may fail on such input: the check's error is the one to report
             raise
     return lam, Q, bounds, futures, SG
-
-
-def _host_prepare(
-    cov: Any, check: str | None = None, *, built: bool = False, tail: float | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """:func:`_host_spectra` and, with ``tail``, the :func:`_row_sizes` of each matrix."""
-    c = np.asarray(cov, dtype=np.float64)
-    B = c.shape[-1]
-    lam, Q, _, futures, _ = _start_spectra(c.reshape(-1, B, B), check, built)
-    raise_first(futures)
-    lam = _clip_spectra(lam)
-    return lam, Q, None if tail is None else _row_sizes(lam, tail)
 
 
 def _row_rules(lam: np.ndarray, eps: Any, tail: float) -> list[SRule | None]:
@@ -730,8 +721,8 @@ def _rule_groups(
 ) -> dict[SRule, np.ndarray]:
     """Matrices of a concrete batch ``cov`` (..., B, B) grouped by their own s-rule (flat indices): each
     group is evaluated with the rule it needs instead of the batch's worst (fewer nodes for most), and the
-    padding of a group's last block is filled with matrices of smaller rules (:func:`_fill`). ``lam``: the spectra (k, B) of :func:`_host_spectra` when already
-    computed; ``sizes``: their :func:`_row_sizes`."""
+    padding of a group's last block is filled with matrices of smaller rules (:func:`_fill`). ``lam``: the
+    spectra (k, B) of :func:`_host_spectra` when already computed; ``sizes``: their :func:`_row_sizes`."""
     if lam is None:
         lam = _range_spectra(cov)
     k = lam.shape[0]
@@ -739,13 +730,9 @@ def _rule_groups(
         return {SRule("de", _nodes_from_spectra(lam, eps, beta, tail)): np.arange(k)}
     if sizes is None:
         sizes = _row_sizes(lam, tail)
-    nodes, use2 = _chosen(sizes)  # _row_rules, vectorised; DE where neither map fits
-    gauss = nodes > 0
-    groups: dict[SRule, np.ndarray] = {}
-    for n, half in sorted(set(zip(nodes[gauss].tolist(), use2[gauss].tolist()))):
-        groups[SRule("gauss", int(n), 0.5 if half else 1.0)] = np.flatnonzero(gauss & (nodes == n) & (use2 == half))
-    groups = _fill(groups, sizes)
-    de = np.flatnonzero(~gauss)
+    nodes, half = _chosen(sizes)  # _row_rules, vectorised; DE where neither map fits
+    groups = _fill(_by_rule(nodes, half), sizes)
+    de = np.flatnonzero(nodes == 0)
     if de.size:
         groups[SRule("de", _nodes_from_spectra(lam[de], eps, beta, tail))] = de
     return groups
@@ -1218,7 +1205,7 @@ def _concrete(
     streaming = nodes is None and rule is None and float(np.max(np.asarray(eps))) == 0.0
     streaming = streaming and len(chunk_bounds(k, _HOST_CHUNK)) > 1
     if not streaming:
-        lam, Q, _ = _host_prepare(c, check, built=built)
+        lam, Q = _host_spectra(c, check, built=built)
         if nodes is None and rule is None:
             groups = _rule_groups(c, eps, beta, tail, lam)
         else:
@@ -1234,10 +1221,8 @@ def _concrete(
             break
         lam[a:b] = _clip_spectra(lam[a:b])
         sizes[a:b] = _row_sizes(lam[a:b], tail)
-        nodes_, half = _chosen(sizes[a:b])
-        for n, h in set(zip(nodes_[nodes_ > 0].tolist(), half[nodes_ > 0].tolist())):
-            r = SRule("gauss", int(n), 0.5 if h else 1.0)
-            idx = a + np.flatnonzero((nodes_ == n) & (half == h))
+        for r, idx in _by_rule(*_chosen(sizes[a:b])).items():
+            idx = a + idx
             idx = np.concatenate([pending[r], idx]) if r in pending else idx
             full = len(idx) - len(idx) % _STREAM_BLOCK
             if full:
@@ -1256,6 +1241,16 @@ def _concrete(
     if de.size:
         calls.call(SRule("de", _nodes_from_spectra(lam[de], eps, beta, tail)), de)
     return calls.gather(c.shape[:-2])
+
+
+def _by_rule(nodes: np.ndarray, half: np.ndarray) -> dict[SRule, np.ndarray]:
+    """Row indices per Gauss rule from :func:`_chosen`'s sizes and maps (rows of size 0 left out), smaller
+    rules first."""
+    gauss = nodes > 0
+    return {
+        SRule("gauss", int(n), 0.5 if h else 1.0): np.flatnonzero(gauss & (nodes == n) & (half == h))
+        for n, h in sorted(set(zip(nodes[gauss].tolist(), half[gauss].tolist())))
+    }
 
 
 def _chosen(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
