@@ -47,10 +47,14 @@ is not analytic at x = 1), or when a ≤ −1.
 
 **Concrete inputs** take λ and Q from one numpy ``eigh`` per matrix (:func:`_start_spectra`, on the host
 threads), which chooses each matrix's rule and is passed into the jitted kernels, so they do no ``eigh`` of
-their own. As the spectra arrive chunk by chunk, each matrix joins the pending group of its rule and
-full blocks are dispatched at once, so the kernels run while the host decomposes the rest
-(:func:`_concrete`); blocks have a few fixed sizes (few compiled programs). Traced inputs (the
-caller's jit, grad, vmap) do the ``eigh`` in the kernel; both paths agree to rounding (tested to 1e-13).
+their own. The decomposed matrix is UᵀΣU, Σ_G in an orthonormal basis U of 1^⊥ ((B − 1)², :func:`_reduced`;
+the kernels rebuild Q = [1/√B, U Y], :func:`_full_basis`), and the value checks run in the same host tasks.
+As the spectra arrive chunk by chunk, each matrix joins the pending group of its rule and full blocks are
+dispatched at once, so the kernels run while the host decomposes the rest (:func:`_concrete`); blocks
+have a few fixed sizes (few compiled programs). On one device each call's block is scattered into donated
+batch buffers, which are returned as soon as the host work is done: like a jitted call, the result is
+computed asynchronously, and consecutive calls overlap. Traced inputs (the caller's jit, grad, vmap) do
+the ``eigh`` in the kernel; both paths agree to rounding (tested to 1e-13).
 """
 
 from __future__ import annotations
@@ -75,7 +79,6 @@ from symbnmf.kernels._host import (
     raise_first,
     run_inline,
     submit_chunks,
-    wait_all,
 )
 
 #: Default number of s-nodes (odd, so that the half rule uses every other node including both ends).
@@ -132,7 +135,7 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
+def in_float64(fn: Callable[..., Any] | None = None, *, wait: bool = True) -> Any:
     """Run a public kernel function in float64 whatever JAX's default precision, with one BLAS thread.
 
     The Laplace integrals span many decades of s and cancel in float32 (NaN or garbage), so the
@@ -141,8 +144,12 @@ def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
     ``jax.enable_x64(True)`` and returned as float64 numpy arrays; traced inputs (the caller's
     own ``jit`` in float32 mode) get a clear error instead of a silent NaN. Concrete calls run under
     :func:`one_blas_thread` and wait for their result there (under the caller's own ``jit`` the limit
-    cannot apply: wrap the call of the jitted function in ``one_blas_thread()``).
+    cannot apply: wrap the call of the jitted function in ``one_blas_thread()``). ``wait=False`` (as
+    ``@in_float64(wait=False)``): the function waits itself for whatever uses LAPACK, and its other results
+    are returned as JAX computes them (asynchronously, as a jitted call's).
     """
+    if fn is None:
+        return partial(in_float64, wait=wait)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -152,7 +159,8 @@ def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
             if traced:
                 return fn(*args, **kwargs)
             with one_blas_thread():
-                return jax.block_until_ready(fn(*args, **kwargs))
+                out = fn(*args, **kwargs)
+                return jax.block_until_ready(out) if wait else out
         if traced:
             raise KernelError(
                 f"{fn.__name__} computes in float64: enable it with jax.config.update('jax_enable_x64', True) "
@@ -253,9 +261,74 @@ def _asin(x: Any) -> Any:
     return jnp.sign(x) * jnp.where(small, r, 0.5 * jnp.pi - 2.0 * r)
 
 
+#: Degree of the polynomial Ψ of :func:`_k1` (its Chebyshev interpolant on [0, ½] is within 5e-17 relative at
+#: degree 16 and 1e-18 at 18: :func:`_k1_poly`).
+_K1_DEGREE = 16
+
+
+def _psi(u: Any) -> Any:
+    """Ψ(u) = (2√(1 − u) − 2(1 − 2u) asin(√u)/√u)/u (mpmath), the analytic factor of :func:`_k1` (Ψ(0) = 8/3)."""
+    import mpmath as mp
+
+    u = mp.mpf(u)
+    t = mp.sqrt(u)
+    return (2 * mp.sqrt(1 - u) - 2 * (1 - 2 * u) * mp.asin(t) / t) / u
+
+
+@lru_cache(maxsize=1)
+def _k1_poly() -> tuple[float, ...]:
+    """Coefficients (constant first) in v = u − ¼ of the degree-:data:`_K1_DEGREE` Chebyshev interpolant of
+    :func:`_psi` on [0, ½], computed once with mpmath at 40 digits (its nearest singularity is the branch point
+    u = 1, so the coefficients fall geometrically)."""
+    import mpmath as mp
+
+    n = _K1_DEGREE
+    with mp.workdps(40):
+        xs = [mp.cos(mp.pi * (k + mp.mpf(1) / 2) / (n + 1)) for k in range(n + 1)]
+        fs = [_psi((1 + x) / 4) for x in xs]  # u = (1 + x)/4 maps x ∈ [−1, 1] to [0, ½]
+        cheb = [
+            (1 if j else mp.mpf(1) / 2)
+            * 2
+            * mp.fsum(f * mp.cos(mp.pi * j * (k + mp.mpf(1) / 2) / (n + 1)) for k, f in enumerate(fs))
+            / (n + 1)
+            for j in range(n + 1)
+        ]
+        T = [[mp.mpf(1)], [mp.mpf(0), mp.mpf(1)]]  # monomial coefficients of T_j(x)
+        for j in range(2, n + 1):
+            nxt = [mp.mpf(0)] + [2 * c for c in T[j - 1]]
+            T.append([a - (T[j - 2][i] if i < len(T[j - 2]) else 0) for i, a in enumerate(nxt)])
+        mono = [mp.fsum(cheb[j] * T[j][i] for j in range(i, n + 1) if i < len(T[j])) for i in range(n + 1)]
+        return tuple(float(c * 4**i) for i, c in enumerate(mono))  # x = 4v
+
+
+@jax.custom_jvp
+def _pow32(u: Any) -> Any:
+    """u^{3/2} for u ≥ 0 as u·√u, with the derivative (3/2)√u (finite at u = 0, where √u's is not)."""
+    return u * jnp.sqrt(u)
+
+
+@_pow32.defjvp
+def _pow32_jvp(primals: Any, tangents: Any) -> tuple[Any, Any]:
+    (u,), (du,) = primals, tangents
+    r = jnp.sqrt(u)
+    return u * r, 1.5 * r * du
+
+
 def _k1(rho: Any) -> Any:
-    """E[u₊ v₊] for unit Gaussians with correlation rho: (√(1−ρ²) + (π − arccos ρ) ρ)/(2π)."""
-    return (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) + (0.5 * jnp.pi + _asin(rho)) * rho) * _INV2PI
+    """E[u₊ v₊] for unit Gaussians with correlation ρ: (√(1 − ρ²) + (π − arccos ρ) ρ)/(2π), evaluated as
+    (π ρ₊ + u^{3/2} Ψ(u))/(2π), u = (1 − |ρ|)/2 (with ρ = ±(1 − 2u), √(1 − ρ²) = 2√u √(1 − u) and
+    arccos|ρ| = 2 asin √u).
+
+    One square root and a polynomial (:func:`_k1_poly`), no division: in the kernels' loops this is cheaper
+    than the arcsine form, and it has no cancellation as ρ → −1, where k₁ → 0 as (1 + ρ)^{3/2}."""
+    c = _k1_poly()
+    u = 0.5 * (1.0 - jnp.abs(rho))
+    v = u - 0.25
+    p = c[-1] * v + c[-2]
+    for a in reversed(c[:-2]):
+        p = p * v + a
+    # ρ₊ as (ρ + |ρ|)/2: its derivative at ρ = 0 is ½ (jnp.maximum's is 0 there), and the |ρ| kinks cancel
+    return (0.5 * jnp.pi * (rho + jnp.abs(rho)) + _pow32(u) * p) * _INV2PI
 
 
 def _k0(rho: Any) -> Any:
@@ -363,8 +436,7 @@ def _pair_kernels(a: Any, Sp: Any, hom: Homogeneous) -> tuple[Any, Any]:
     al, cp, cm = hom.alpha, hom.cp, hom.cm
     same, cross = cp * cp + cm * cm, 2.0 * cp * cm
     if al == 1.0:
-        k = (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0, None)) + (0.5 * jnp.pi + _asin(rho)) * rho) * _INV2PI
-        Vn = (same + cross) * k - (0.5 * cross) * rho
+        Vn = (same + cross) * _k1(rho) - (0.5 * cross) * rho
         scale = prod
     else:
         Vn = same * _k_alpha(al, rho) + cross * _k_alpha(al, -rho)
@@ -598,15 +670,34 @@ def _sizes_of_kappa(kappa: np.ndarray, power: float) -> np.ndarray:
     return np.where(idx < len(sizes), sizes[np.minimum(idx, len(sizes) - 1)], 0)  # κ = ∞: past every limit
 
 
-def _centred(c: np.ndarray) -> np.ndarray:
-    """Σ_G = GΣG of a concrete stack (..., B, B) of symmetric matrices: Σ − r1ᵀ − 1rᵀ + m with r the row
-    means and m their mean (one matrix-vector product for all rows; numpy's means over short axes cost 3×
-    as much). A Σ symmetric only within round-off keeps that round-off; ``eigh`` reads one triangle."""
-    B = c.shape[-1]
-    w = np.full(B, 1.0 / B)
-    r = (c.reshape(-1, B) @ w).reshape(*c.shape[:-1])
-    m = r @ w
-    return c - r[..., :, None] - r[..., None, :] + m[..., None, None]
+@lru_cache(maxsize=32)
+def _range_basis(B: int) -> np.ndarray:
+    """U (B, B − 1): orthonormal columns spanning 1^⊥, the range of G (the Householder reflection that maps 1 to
+    −√B e₁, without its first column). GU = U, so UᵀΣU is Σ_G = GΣG in that basis: its eigenpairs (λ, y) are
+    Σ_G's as (λ, Uy), and the one left is (0, 1/√B)."""
+    v = np.ones(B)
+    v[0] += math.sqrt(B)
+    H = np.eye(B) - 2.0 * np.outer(v, v) / (v @ v)
+    return np.ascontiguousarray(H[:, 1:])
+
+
+def _reduced(c: np.ndarray) -> np.ndarray:
+    """UᵀΣU (k, B − 1, B − 1) of a flat concrete stack (k, B, B) of symmetric matrices (:func:`_range_basis`):
+    two matrix products for the whole stack. Its ``eigh`` is Σ_G's without the known pair (0, 1/√B), and
+    costs less (B = 16, 1000 matrices, one core: 13.2 ms against 15.1 ms for the B × B Σ_G). A Σ symmetric
+    only within round-off keeps that round-off; ``eigh`` reads one triangle."""
+    k, B = c.shape[0], c.shape[-1]
+    U = _range_basis(B)
+    Y = (c.reshape(k * B, B) @ U).reshape(k, B, B - 1)  # ΣU
+    return (np.ascontiguousarray(Y.transpose(0, 2, 1)).reshape(k * (B - 1), B) @ U).reshape(k, B - 1, B - 1)
+
+
+def _full_basis(Y: Any) -> Any:
+    """Σ_G's eigenvectors (B, B) from those of UᵀΣU (B − 1, B − 1), in a kernel: the column 1/√B (eigenvalue 0,
+    first, as the host spectra put it) and U Y."""
+    B = Y.shape[-1] + 1
+    one = jnp.full((B, 1), 1.0 / math.sqrt(B), dtype=Y.dtype)
+    return jnp.concatenate([one, jnp.asarray(_range_basis(B), dtype=Y.dtype) @ Y], axis=-1)
 
 
 def _clip_spectra(lam: np.ndarray) -> np.ndarray:
@@ -614,9 +705,14 @@ def _clip_spectra(lam: np.ndarray) -> np.ndarray:
 
 
 def _range_spectra(cov: Any) -> np.ndarray:
-    """Eigenvalues of Σ_G = GΣG for a concrete ``cov`` (..., B, B), as (k, B), round-off zeros set to 0."""
+    """Eigenvalues of Σ_G = GΣG for a concrete ``cov`` (..., B, B), as (k, B), round-off zeros set to 0 (the
+    first is the structural 0 of 1/√B)."""
     c = np.asarray(cov, dtype=np.float64)
-    return _clip_spectra(np.linalg.eigvalsh(_centred(c)).reshape(-1, c.shape[-1]))
+    B = c.shape[-1]
+    flat = c.reshape(-1, B, B)
+    lam = np.zeros((flat.shape[0], B))
+    lam[:, 1:] = np.linalg.eigvalsh(_reduced(flat))
+    return _clip_spectra(lam)
 
 
 #: Fewest matrices per host task of :func:`_host_spectra` (smaller batches run in the calling thread).
@@ -624,49 +720,48 @@ _HOST_CHUNK = 64
 
 
 def _host_spectra(cov: Any, check: str | None = None, *, built: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(λ (k, B), Q (k, B, B)) of Σ_G = GΣG for a concrete ``cov`` (..., B, B), round-off zeros of λ set to 0:
-    one numpy ``eigh`` that serves both the choice of the s-rule and the kernels (which then do no ``eigh``).
+    """(λ (k, B), Y (k, B − 1, B − 1)) for a concrete ``cov`` (..., B, B): λ the eigenvalues of Σ_G = GΣG with
+    round-off zeros set to 0 (the first the structural 0), Y the eigenvectors of UᵀΣU (:func:`_reduced`; the
+    kernels rebuild Σ_G's with :func:`_full_basis`). One numpy ``eigh`` per matrix serves both the choice of
+    the s-rule and the kernels (which then do no ``eigh``).
 
     The decompositions run on the host threads (:func:`_start_spectra`). ``check``: also run the value checks
     of :func:`_check_cov` (``check`` names the argument in the error; ``built`` as there)."""
     c = np.asarray(cov, dtype=np.float64)
     B = c.shape[-1]
-    lam, Q, _, futures, _ = _start_spectra(c.reshape(-1, B, B), check, built)
+    lam, Y, _, futures = _start_spectra(c.reshape(-1, B, B), check, built)
     raise_first(futures)
-    return _clip_spectra(lam), Q
+    return lam, Y
 
 
 def _start_spectra(
-    flat: np.ndarray, check: str | None, built: bool
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], list[Any], np.ndarray]:
-    """Start the ``eigh`` of each Σ_G of a flat concrete stack (k, B, B) on the host threads, in chunks
-    (:func:`symbnmf.kernels._host.chunk_bounds`), and run the value checks (``check``, ``built``: as
-    :func:`_check_cov`) in this thread meanwhile: (λ, Q, chunk bounds, futures, Σ_G). λ and Q are filled chunk
-    by chunk (raw: round-off zeros of λ not yet cleared); a chunk's rows are ready when its future is done.
-    LAPACK releases the GIL, so the decompositions run side by side (two threads took 1000 decompositions
-    at B = 16 from 15.5 to 8.2 ms on 2 cores); the checks and the other numpy steps run once on the whole
-    batch, where numpy's per-call overhead is small."""
+    flat: np.ndarray, check: str | None, built: bool, sizes: np.ndarray | None = None, tail: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], list[Any]]:
+    """Start the spectra of a flat concrete stack (k, B, B) on the host threads, in chunks
+    (:func:`symbnmf.kernels._host.chunk_bounds`): (λ, Y as :func:`_host_spectra`, chunk bounds, futures). Each
+    chunk's task forms UᵀΣU (:func:`_reduced`), runs the value checks (``check``, ``built``: as
+    :func:`_check_cov`; a failed check is its error, before LAPACK sees such input), takes the ``eigh``, clears
+    round-off zeros of λ and, given ``sizes`` (k, 2), writes the rows' :func:`_row_sizes` (``tail``); a chunk's
+    rows are ready when its future is done. LAPACK releases the GIL, so the decompositions run side by side
+    (two threads took 1000 decompositions at B = 16 from 15.5 to 8.2 ms on 2 cores), and the calling thread
+    is free for the kernel calls."""
     k, B = flat.shape[0], flat.shape[-1]
-    SG = _centred(flat)
-    lam = np.empty((k, B))
-    Q = np.empty((k, B, B))
+    lam = np.zeros((k, B))
+    Y = np.empty((k, B - 1, B - 1))
 
-    def eig(a: int, b: int) -> None:
-        lam[a:b], Q[a:b] = np.linalg.eigh(SG[a:b])
+    def task(a: int, b: int) -> None:
+        R = _reduced(flat[a:b])
+        if check is not None:
+            _check_values(flat[a:b], check, built, R)
+        lam[a:b, 1:], Y[a:b] = np.linalg.eigh(R)
+        lam[a:b] = _clip_spectra(lam[a:b])
+        if sizes is not None:
+            sizes[a:b] = _row_sizes(lam[a:b], tail)
 
     bounds = chunk_bounds(k, _HOST_CHUNK)
     if len(bounds) == 1:  # one chunk: no thread to hand it to (a deep kernel's layers are one matrix each)
-        if check is not None:
-            _check_values(flat, check, built, SG)
-        return lam, Q, bounds, run_inline(eig, bounds), SG
-    futures = submit_chunks(eig, bounds)
-    if check is not None:
-        try:
-            _check_values(flat, check, built, SG)
-        except KernelError:
-            wait_all(futures)  # LAPACK may fail on such input: the check's error is the one to report
-            raise
-    return lam, Q, bounds, futures, SG
+        return lam, Y, bounds, run_inline(task, bounds)
+    return lam, Y, bounds, submit_chunks(task, bounds)
 
 
 def _row_rules(lam: np.ndarray, eps: Any, tail: float) -> list[SRule | None]:
@@ -774,14 +869,19 @@ def _fill(groups: dict[SRule, np.ndarray], sizes: np.ndarray) -> dict[SRule, np.
 
 def _spectrum(cov: Any, spec: tuple[Any, Any] | None = None) -> tuple[Any, Any, Any]:
     """(Σ_G, λ, Q): the eigendecomposition is of stop_gradient(Σ_G); derivatives flow through :func:`_tilt`.
-    ``spec``: (λ, Q) from :func:`_host_spectra` (concrete inputs: no ``eigh`` here; Σ_G then only carries
-    tangents, and without any XLA drops it)."""
+    ``spec``: (λ, Y) from :func:`_host_spectra` (concrete inputs: no ``eigh`` here, Q = :func:`_full_basis`
+    (Y); Σ_G then only carries tangents, and without any XLA drops it). ``cov`` None (with ``spec``): no
+    tangents, Σ_G a constant."""
+    if cov is None:
+        assert spec is not None
+        B = spec[0].shape[-1]
+        return jnp.zeros((B, B), dtype=spec[0].dtype), spec[0], _full_basis(spec[1])
     B = cov.shape[-1]
     G = jnp.eye(B, dtype=cov.dtype) - 1.0 / B
     SG = G @ cov @ G
     SG = 0.5 * (SG + SG.T)
     if spec is not None:
-        return SG, spec[0], spec[1]
+        return SG, spec[0], _full_basis(spec[1])
     lam, Q = jnp.linalg.eigh(jax.lax.stop_gradient(SG))
     lam = jnp.where(lam > _ZERO_EIG * jnp.max(jnp.abs(lam)), lam, 0.0)
     return SG, lam, Q
@@ -877,9 +977,9 @@ def _nngp_one(
     cov: Any, eps: Any, hom: Homogeneous, rule: SRule, with_error: bool = True, spec: tuple[Any, Any] | None = None
 ) -> tuple[Any, Any]:
     """(V, second estimate of V): the half rule (DE) or, with ``with_error``, the next smaller Gauss rule.
-    ``spec``: the host eigendecomposition (λ, Q) of Σ_G (see :func:`_spectrum`)."""
-    B = cov.shape[-1]
+    ``spec``: the host spectra (λ, Y) (see :func:`_spectrum`; ``cov`` may then be None)."""
     SG, lam, Q = _spectrum(cov, spec)
+    B = lam.shape[-1]
     beps = B * eps
     al = hom.alpha
     iu, ju = np.triu_indices(B, 1)
@@ -919,24 +1019,24 @@ def _nngp_one(
 def _ntk_one(
     cov: Any, theta: Any, eps: Any, hom: Homogeneous, rule: SRule, spec: tuple[Any, Any] | None = None
 ) -> tuple[Any, Any]:
-    """(V, E[J Θ Jᵀ]) for α = 1 (``spec``: as in :func:`_nngp_one`).
+    """(V, E[J Θ Jᵀ]) for α = 1 (``spec``, ``cov``: as in :func:`_nngp_one`).
 
     The integrand Θ̃⊙W − s(X + Xᵀ) + ½s²Y of the module docstring is regrouped with
     Z = (I − sS) Θ̃ (I − sS) = Θ̃ − s(R + Rᵀ) + s²U (R = Θ̃S, U = SΘ̃S):
     Z⊙W + g_i Δ_ij + g_j Δ_ji + ½s² tr(Θ̃S) V with g = ½(diag Z − diag Θ̃) = −s R_ii + ½s² U_ii.
     """
-    B = cov.shape[-1]
     SG, lam, Q = _spectrum(cov, spec)
+    B = lam.shape[-1]
     beps = B * eps
     s, omega, _ = _rule_nodes(lam, beps, rule, 1.0, tail=1.0)
-    G = jnp.eye(B, dtype=cov.dtype) - 1.0 / B
+    G = jnp.eye(B, dtype=lam.dtype) - 1.0 / B
     Th = G @ theta @ G
     Th = 0.5 * (Th + Th.T)
 
     def chunk(s: Any, omega: Any, _: Any) -> tuple[Any, Any]:
         S, logdet = _tilt(SG, lam, Q, s)
         V, W, De = gaussian_kernels(S, hom, derivatives=True)
-        M = jnp.eye(B, dtype=cov.dtype) - s[:, None, None] * S  # I − sS = Q diag((1 + sλ)/(1 + 2sλ)) Qᵀ
+        M = jnp.eye(B, dtype=lam.dtype) - s[:, None, None] * S  # I − sS = Q diag((1 + sλ)/(1 + 2sλ)) Qᵀ
         Z = (M @ Th) @ M
         g = 0.5 * (jnp.diagonal(Z, axis1=-2, axis2=-1) - jnp.diagonal(Th))
         trR = jnp.einsum("ij,nij->n", Th, S)
@@ -958,6 +1058,14 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _waited(out: Any) -> Any:
+    """``out`` once computed, when concrete (its ``eigh`` then runs under :func:`one_blas_thread`, which
+    :func:`in_float64` holds only while the call lasts); traced, as it is."""
+    if all(_is_concrete(v) for v in jax.tree_util.tree_leaves(out)):
+        return jax.block_until_ready(out)
+    return out
+
+
 def _check_cov(cov: Any, what: str = "cov", *, built: bool = False, values: bool = True) -> None:
     """Shape, B >= 4, finiteness, symmetry, PSD (within 1e-10 of the scale) and G Σ G != 0 of a concrete ``cov``.
 
@@ -974,11 +1082,12 @@ def _check_cov(cov: Any, what: str = "cov", *, built: bool = False, values: bool
         )
     if values and _is_concrete(cov):
         c = np.asarray(cov, dtype=np.float64)
-        _check_values(c, what, built, _centred(c))
+        _check_values(c, what, built, _reduced(c.reshape(-1, B, B)))
 
 
-def _check_values(c: np.ndarray, what: str, built: bool, SG: np.ndarray) -> None:
-    """The value checks of :func:`_check_cov` on a numpy stack ``c`` (..., B, B) with Σ_G = ``SG``."""
+def _check_values(c: np.ndarray, what: str, built: bool, R: np.ndarray) -> None:
+    """The value checks of :func:`_check_cov` on a numpy stack ``c`` (..., B, B) with UᵀΣU = ``R`` (k, B − 1, B − 1)
+    (:func:`_reduced`: Σ_G in an orthonormal basis of its range, so R = 0 exactly when G Σ G = 0)."""
     B = c.shape[-1]
     if not np.isfinite(np.sum(c)) and not np.all(np.isfinite(c)):
         raise KernelError(f"{what} contains NaN or inf; give a finite covariance")
@@ -999,7 +1108,7 @@ def _check_values(c: np.ndarray, what: str, built: bool, SG: np.ndarray) -> None
                 raise KernelError(
                     f"{what} is not positive semidefinite (eigenvalue {ev[..., 0].min():.3g}); a covariance must be PSD"
                 ) from None
-    if np.any(np.max(np.abs(SG.reshape(-1, B * B)), axis=-1) <= 1e-12 * scale.reshape(-1)):
+    if np.any(np.max(np.abs(R.reshape(R.shape[0], -1)), axis=-1) <= 1e-12 * scale.reshape(-1)):
         raise KernelError("G Σ G = 0 (every input of the batch identical up to a shift): BN is undefined")
 
 
@@ -1039,31 +1148,50 @@ def _map_batched(fn: Any, xs: Any, per_node: int) -> Any:
     size = max(1, min(k, _CHUNK_ELEMENTS // (per_node * B * B)))
     if size >= k:
         return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=size)
+    steps = -(-k // size)
+    return jax.lax.map(fn, xs, batch_size=-(-k // steps))  # equal steps (128 at 24 nodes: 2 × 64, not 85 + 43)
 
 
-def _flat_spec(cov: Any, lam: Any, Q: Any) -> tuple[Any, Any] | None:
-    """(λ (k, B), Q (k, B, B)) flattened over the batch, or None (the kernels then do their own ``eigh``)."""
-    if lam is None or Q is None:
+def _flat_spec(lam: Any, Y: Any) -> tuple[Any, Any] | None:
+    """(λ (k, B), Y (k, B − 1, B − 1)) of :func:`_host_spectra` flattened over the batch, or None (the kernels
+    then do their own ``eigh``)."""
+    if lam is None or Y is None:
         return None
-    B = cov.shape[-1]
-    return jnp.reshape(lam, (-1, B)), jnp.reshape(Q, (-1, B, B))
+    return jnp.reshape(lam, (-1, lam.shape[-1])), jnp.reshape(Y, (-1, *Y.shape[-2:]))
+
+
+def _out_shape(cov: Any, lam: Any) -> tuple[int, ...]:
+    """Shape (..., B, B) of the results: ``cov``'s, or from the spectra (..., B) when ``cov`` is None."""
+    return tuple(cov.shape) if cov is not None else (*lam.shape, lam.shape[-1])
+
+
+@partial(jax.jit, donate_argnums=0)
+def _scatter_into(out: Any, idx: Any, block: Any) -> Any:
+    """The batch buffers ``out`` (donated: updated in place) with a call's ``block`` of results at rows ``idx``
+    (rows out of range, the block's padding, are dropped). A program of its own, so that the kernel programs
+    stay independent of the batch size (one compile per rule and block size)."""
+    return jax.tree_util.tree_map(lambda o, v: o.at[idx].set(v, mode="drop"), out, block)
 
 
 @kernel_jit(("hom", "rule", "with_error"))
 def _nngp_exact(
     cov: Any, eps: Any, hom: Homogeneous, rule: SRule, with_error: bool, lam: Any = None, Q: Any = None
 ) -> Any:
-    """V (and the error estimate) for a stack ``cov`` (..., B, B). ``lam``, ``Q``: the host eigendecomposition
-    of each Σ_G (:func:`_host_spectra`, flat (k, B) and (k, B, B)); without them an ``eigh`` per matrix here."""
-    flat = cov.reshape((-1, *cov.shape[-2:]))
+    """V (and the error estimate) for a stack ``cov`` (..., B, B). ``lam``, ``Q``: the host spectra λ and Y
+    (:func:`_host_spectra`); without them an ``eigh`` per matrix here. With them ``cov`` may be None (concrete
+    batches: no tangents, and one array less to pass per call)."""
     per = 3 * rule.nodes if rule.kind == "de" else 2 * rule.nodes
-    spec = _flat_spec(cov, lam, Q)
+    spec = _flat_spec(lam, Q)
     if spec is None:
+        flat = cov.reshape((-1, *cov.shape[-2:]))
         V, Vh = _map_batched(lambda c: _nngp_one(c, eps, hom, rule, with_error), flat, per)
+    elif cov is None:
+        V, Vh = _map_batched(lambda a: _nngp_one(None, eps, hom, rule, with_error, a), spec, per)
     else:
+        flat = cov.reshape((-1, *cov.shape[-2:]))
         V, Vh = _map_batched(lambda a: _nngp_one(a[0], eps, hom, rule, with_error, (a[1], a[2])), (flat, *spec), per)
-    V, Vh = V.reshape(cov.shape), Vh.reshape(cov.shape)
+    shape = _out_shape(cov, lam)
+    V, Vh = V.reshape(shape), Vh.reshape(shape)
     if with_error:
         return V, jnp.max(jnp.abs(V - Vh), axis=(-2, -1)) / jnp.max(jnp.abs(V), axis=(-2, -1))
     return V
@@ -1105,9 +1233,9 @@ def _resolve_nodes(
 
 #: Matrices per call of a jitted kernel on a concrete batch (the last call of a group padded to a power of two).
 _BLOCK = 128
-#: While spectra arrive, a rule's pending matrices are dispatched in multiples of this many (32, 64 and 128
-#: were within the noise of one another at B = 16, 1000 Σ).
-_STREAM_BLOCK = 64
+#: While spectra arrive, a rule's pending matrices are dispatched in multiples of this many (B = 16, 1000 Σ, in
+#: A/B runs: 128 took 2–3% less time and 4% less CPU than 64; 32 was slower).
+_STREAM_BLOCK = 128
 
 
 def _blocks(n: int) -> list[int]:
@@ -1126,11 +1254,15 @@ class _Calls:
     several local devices each call goes to the least loaded one (by matrices × nodes) and the calls run
     side by side (:mod:`symbnmf.kernels._host`)."""
 
-    def __init__(self, fn: Callable[..., Any], flats: tuple[np.ndarray, ...]) -> None:
+    def __init__(self, fn: Callable[..., Any], flats: tuple[np.ndarray, ...], make_out: Any = None) -> None:
         self.fn, self.flats = fn, flats
         self.devices = kernel_devices()
         self.load = [0.0] * len(self.devices)
         self.parts: list[tuple[np.ndarray, Any]] = []
+        self.k = flats[0].shape[0]
+        # one device: each call scatters its block into donated batch buffers (no host gather, and the result
+        # is returned before the kernels finish); several: results gathered on the host
+        self.out = make_out(self.k) if make_out is not None and len(self.devices) == 1 else None
 
     def call(self, rule: SRule, idx: np.ndarray) -> None:
         """One group's matrices ``idx`` in calls of :func:`_blocks` sizes (the last padded with copies of the
@@ -1141,15 +1273,25 @@ class _Calls:
         for size in sizes:
             sel = padded[start : start + size]
             args = [f[sel] for f in self.flats]
+            real = idx[start : start + size]
+            if self.out is not None:
+                dst = np.concatenate([real, np.full(size - len(real), self.k)])  # padding: out of range, dropped
+                self.out = _scatter_into(self.out, dst, self.fn(*args, rule))
+                start += size
+                continue
             if len(self.devices) > 1:
                 d = min(range(len(self.load)), key=self.load.__getitem__)
                 self.load[d] += size * rule.nodes
                 args = jax.device_put(args, self.devices[d])
-            self.parts.append((idx[start : start + size], self.fn(*args, rule)))
+            self.parts.append((real, self.fn(*args, rule)))
             start += size
 
     def gather(self, batch_shape: tuple[int, ...]) -> Any:
         """The results scattered back into the batch order, with the batch shape ``batch_shape``."""
+        if self.out is not None:
+            if len(batch_shape) == 1:
+                return self.out
+            return jax.tree_util.tree_map(lambda o: o.reshape((*batch_shape, *o.shape[1:])), self.out)
         parts = self.parts
         treedef = jax.tree_util.tree_structure(parts[0][1])
         outs: list[Any] = []
@@ -1163,11 +1305,15 @@ class _Calls:
 
 
 def _grouped(
-    fn: Callable[..., Any], batch_shape: tuple[int, ...], flats: tuple[np.ndarray, ...], groups: dict[SRule, np.ndarray]
+    fn: Callable[..., Any],
+    batch_shape: tuple[int, ...],
+    flats: tuple[np.ndarray, ...],
+    groups: dict[SRule, np.ndarray],
+    make_out: Any = None,
 ) -> Any:
-    """``fn(*[f[idx] for f in flats], rule)`` per group of flat matrix indices (:class:`_Calls`), scattered back
-    into the batch order and shape ``batch_shape``."""
-    calls = _Calls(fn, flats)
+    """``fn(*[f[idx] for f in flats], rule)`` per group of flat matrix indices (:class:`_Calls`, ``make_out`` as
+    there), scattered back into the batch order and shape ``batch_shape``."""
+    calls = _Calls(fn, flats, make_out)
     for rule, idx in groups.items():
         calls.call(rule, idx)
     return calls.gather(batch_shape)
@@ -1185,15 +1331,18 @@ def _concrete(
     rule: SRule | None,
     check: str,
     built: bool = False,
+    make_out: Any = None,
 ) -> Any:
-    """The exact kernel ``fn(cov, *extra, lam, Q, rule)`` of a concrete batch ``cov`` (..., B, B), per matrix
-    rule, with the host work and the kernels overlapped.
+    """The exact kernel ``fn(*extra, lam, Y, rule)`` of a concrete batch ``cov`` (..., B, B) (λ, Y: the host
+    spectra of :func:`_host_spectra`), per matrix rule, with the host work and the kernels overlapped.
+    ``make_out(k)``: zero buffers for the k matrices' results, which each call's block is scattered into
+    (:class:`_Calls`); the result is then returned as soon as the host work is done.
 
-    The Σ_G are decomposed on the host threads in chunks (:func:`_start_spectra`); as each chunk's spectra
-    arrive, its matrices join the pending group of their own rule and every multiple of
+    The Σ_G are decomposed on the host threads in chunks (:func:`_start_spectra`, which also checks the
+    values: ``check``, ``built`` as :func:`_check_cov`, and finds each matrix's Gauss sizes); as each chunk
+    arrives, its matrices join the pending group of their own rule and every multiple of
     :data:`_STREAM_BLOCK` is dispatched at once, so the kernels run while the host decomposes the next
-    chunks. The values are checked (``check``, ``built``: as :func:`_check_cov`) while the kernels run; a
-    failed check raises (the kernels' results are dropped). The leftovers go in few calls at the end
+    chunks. A failed check raises (the kernels' results are dropped). The leftovers go in few calls at the end
     (:func:`_merged`). ``nodes``/``rule`` fix one rule for all and ε > 0 needs every spectrum for its DE
     rule: then the spectra come first and the groups of :func:`_rule_groups` (padding filled with matrices
     of smaller rules) follow. ``extra``: further per-matrix numpy inputs
@@ -1210,17 +1359,15 @@ def _concrete(
             groups = _rule_groups(c, eps, beta, tail, lam)
         else:
             groups = {_resolve_nodes(nodes, c, eps, beta, tail, rule): np.arange(k)}
-        return _grouped(fn, c.shape[:-2], (flat, *extra, lam, Q), groups)
+        return _grouped(fn, c.shape[:-2], (*extra, lam, Q), groups, make_out)
 
-    lam, Q, bounds, futures, SG = _start_spectra(flat, None, built)
     sizes = np.empty((k, 2), dtype=np.int64)
-    calls = _Calls(fn, (flat, *extra, lam, Q))
+    lam, Q, bounds, futures = _start_spectra(flat, check, built, sizes, tail)
+    calls = _Calls(fn, (*extra, lam, Q), make_out)
     pending: dict[SRule, np.ndarray] = {}
     for (a, b), future in zip(bounds, futures):
         if future.exception() is not None:
             break
-        lam[a:b] = _clip_spectra(lam[a:b])
-        sizes[a:b] = _row_sizes(lam[a:b], tail)
         for r, idx in _by_rule(*_chosen(sizes[a:b])).items():
             idx = a + idx
             idx = np.concatenate([pending[r], idx]) if r in pending else idx
@@ -1228,11 +1375,6 @@ def _concrete(
             if full:
                 calls.call(r, idx[:full])
             pending[r] = idx[full:]
-    try:
-        _check_values(flat, check, built, SG)  # while the kernels run
-    except KernelError:
-        wait_all(futures)
-        raise
     raise_first(futures)
     rest = np.concatenate([np.zeros(0, dtype=np.int64), *pending.values()])
     de = np.flatnonzero(_chosen(sizes)[0] == 0)
@@ -1246,10 +1388,13 @@ def _concrete(
 def _by_rule(nodes: np.ndarray, half: np.ndarray) -> dict[SRule, np.ndarray]:
     """Row indices per Gauss rule from :func:`_chosen`'s sizes and maps (rows of size 0 left out), smaller
     rules first."""
-    gauss = nodes > 0
+    rows = np.flatnonzero(nodes > 0)
+    key = 2 * nodes[rows] + half[rows]  # size, then the map: smaller rules first
+    order = np.argsort(key, kind="stable")
+    keys, starts = np.unique(key[order], return_index=True)
     return {
-        SRule("gauss", int(n), 0.5 if h else 1.0): np.flatnonzero(gauss & (nodes == n) & (half == h))
-        for n, h in sorted(set(zip(nodes[gauss].tolist(), half[gauss].tolist())))
+        SRule("gauss", int(kk) // 2, 0.5 if kk % 2 else 1.0): rows[part]
+        for kk, part in zip(keys.tolist(), np.split(order, starts[1:]))
     }
 
 
@@ -1261,26 +1406,50 @@ def _chosen(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(half, n2, n1), half
 
 
+#: What one more kernel call costs, in node evaluations of one matrix (B = 16: a call's dispatch and start,
+#: ~50–80 µs, against ~0.3 µs per node per matrix), for :func:`_merged`'s choice of blocks.
+_CALL_NODES = 256
+
+
 def _merged(idx: np.ndarray, sizes: np.ndarray) -> dict[SRule, np.ndarray]:
     """Few calls for the matrices ``idx`` left over when the spectra stream in (each rule's last partial
-    block): per map, sorted by size and cut into blocks of :data:`_BLOCK`, each block evaluated with the
-    largest size in it (more nodes only lower the error). One call per leftover rule and size cost ~13
-    calls of 0.2–0.4 ms run one after the other at the end of a 1000-Σ batch (measured at B = 16)."""
+    block): per map, the sizes are taken in order and runs of consecutive sizes share one rule, the largest
+    in the run (more nodes only lower the error). The runs minimise the node evaluations, padding of the
+    calls (:func:`_blocks`) included, plus :data:`_CALL_NODES` per call (dynamic programming over the
+    distinct sizes). On 1000 Wishart Σ at B = 16 cutting the sorted leftovers into blocks of 128 had
+    evaluated 98 matrices with 48 nodes for the sake of a few; one call per size had cost ~13 calls of
+    0.2–0.4 ms at the end of a batch."""
     nodes_, half = _chosen(sizes[idx])
     out: dict[SRule, np.ndarray] = {}
     for h in (False, True):
         sel = (nodes_ > 0) & (half == h)
-        order = np.argsort(nodes_[sel], kind="stable")
-        rows, need = idx[sel][order], nodes_[sel][order]
-        for start in range(0, len(rows), _BLOCK):
-            r = SRule("gauss", int(need[start : start + _BLOCK].max()), 0.5 if h else 1.0)
-            out[r] = (
-                np.concatenate([out[r], rows[start : start + _BLOCK]]) if r in out else rows[start : start + _BLOCK]
-            )
+        if not np.any(sel):
+            continue
+        rows, need = idx[sel], nodes_[sel]
+        values, counts = np.unique(need, return_counts=True)
+        ends = np.cumsum(counts)
+
+        def cost(n: int, size: int) -> int:
+            blocks = _blocks(n)
+            return sum(blocks) * size + _CALL_NODES * len(blocks)
+
+        best = [0] + [0] * len(values)
+        cut = [0] * (len(values) + 1)
+        for j in range(1, len(values) + 1):  # best[j]: the first j sizes; the last run is values[i:j]
+            options = [
+                (best[i] + cost(int(ends[j - 1] - (ends[i - 1] if i else 0)), int(values[j - 1])), i) for i in range(j)
+            ]
+            best[j], cut[j] = min(options)
+        j = len(values)
+        while j > 0:
+            i = cut[j]
+            run = np.isin(need, values[i:j])
+            out[SRule("gauss", int(values[j - 1]), 0.5 if h else 1.0)] = rows[run]
+            j = i
     return out
 
 
-@in_float64
+@in_float64(wait=False)
 def batchnorm_nngp(
     cov: Any,
     activation: Any = "relu",
@@ -1302,7 +1471,9 @@ def batchnorm_nngp(
     * Positive-homogeneous φ (identity, relu, leaky_relu(a), alpha_relu(α)): exact in float64
       to about 1e-12 relative (measured against ``laplace_V`` at 30 digits); jit, vmap and grad
       (in Σ and ε) work. Returns an array (and, with ``return_error``, an error estimate per
-      matrix: the DE rule's half rule, or the next smaller Gauss rule, both conservative). Enable
+      matrix: the DE rule's half rule, or the next smaller Gauss rule, both conservative); on
+      concrete input, as soon as the input is checked and decomposed, the array computed
+      asynchronously as a jitted call's (consecutive calls overlap). Enable
       float64 (``jax.enable_x64``) for that accuracy. The s-rule is chosen from the concrete input
       (:func:`choose_rule`); under your own ``jit`` pass ``rule=choose_rule(representative_cov)``
       (else the double-exponential rule with :data:`DEFAULT_NODES` nodes) or ``nodes=`` (DE).
@@ -1323,11 +1494,19 @@ def batchnorm_nngp(
     if not fast:
         _check_cov(cov)
     if hom is None:
-        return _nngp_monte_carlo(cov, activation, eps, key, samples)
+        return _waited(_nngp_monte_carlo(cov, activation, eps, key, samples))
     if fast:  # one host eigh per matrix (values checked on the way): its rule, and no eigh in the kernel
         eps64 = np.asarray(eps, dtype=np.float64)  # numpy: jnp.asarray is an op dispatch (~0.3 ms)
-        fn = lambda c, w, q, r: _nngp_exact(c, eps64, hom, r, return_error, w, q)
-        return _concrete(fn, cov, (), eps=eps, beta=hom.alpha, tail=0.0, nodes=nodes, rule=rule, check="cov")
+        fn = lambda w, q, r: _nngp_exact(None, eps64, hom, r, return_error, w, q)
+        B = cov.shape[-1]
+
+        def make_out(k: int) -> Any:
+            V = jnp.zeros((k, B, B))
+            return (V, jnp.zeros(k)) if return_error else V
+
+        return _concrete(
+            fn, cov, (), eps=eps, beta=hom.alpha, tail=0.0, nodes=nodes, rule=rule, check="cov", make_out=make_out
+        )
     srule = _resolve_nodes(nodes, cov, eps, hom.alpha, rule=rule)
     return _nngp_exact(cov, jnp.asarray(eps, dtype=cov.dtype), hom, srule, return_error)
 
@@ -1336,20 +1515,26 @@ def batchnorm_nngp(
 def _ntk_exact(
     cov: Any, theta: Any, eps: Any, hom: Homogeneous, rule: SRule, lam: Any = None, Q: Any = None
 ) -> tuple[Any, Any]:
-    """(V, E[J Θ Jᵀ]) for a stack ``cov``; ``lam``, ``Q`` as in :func:`_nngp_exact`."""
-    flat = cov.reshape((-1, *cov.shape[-2:]))
-    tflat = jnp.broadcast_to(theta, cov.shape).reshape(flat.shape)
-    spec = _flat_spec(cov, lam, Q)
+    """(V, E[J Θ Jᵀ]) for a stack ``cov``; ``lam``, ``Q`` (and ``cov`` None) as in :func:`_nngp_exact`."""
+    shape = _out_shape(cov, lam)
+    tflat = jnp.broadcast_to(theta, shape).reshape((-1, *shape[-2:]))
+    spec = _flat_spec(lam, Q)
     if spec is None:
+        flat = cov.reshape((-1, *cov.shape[-2:]))
         V, T = _map_batched(lambda ct: _ntk_one(ct[0], ct[1], eps, hom, rule), (flat, tflat), 8 * rule.nodes)
+    elif cov is None:
+        V, T = _map_batched(
+            lambda a: _ntk_one(None, a[0], eps, hom, rule, (a[1], a[2])), (tflat, *spec), 8 * rule.nodes
+        )
     else:
+        flat = cov.reshape((-1, *cov.shape[-2:]))
         V, T = _map_batched(
             lambda a: _ntk_one(a[0], a[1], eps, hom, rule, (a[2], a[3])), (flat, tflat, *spec), 8 * rule.nodes
         )
-    return V.reshape(cov.shape), T.reshape(cov.shape)
+    return V.reshape(shape), T.reshape(shape)
 
 
-@in_float64
+@in_float64(wait=False)
 def batchnorm_ntk(
     cov: Any,
     theta: Any,
@@ -1382,12 +1567,24 @@ def batchnorm_ntk(
     if not fast:
         _check_cov(cov)
     if hom is None:
-        return _ntk_monte_carlo(cov, theta, activation, eps, key, samples)
+        return _waited(_ntk_monte_carlo(cov, theta, activation, eps, key, samples))
     if fast:
         tflat = np.broadcast_to(np.asarray(theta, dtype=np.float64), cov.shape).reshape(-1, *cov.shape[-2:])
         eps64 = np.asarray(eps, dtype=np.float64)
-        fn = lambda c, t, w, q, r: _ntk_exact(c, t, eps64, hom, r, w, q)
-        return _concrete(fn, cov, (tflat,), eps=eps, beta=1.0, tail=1.0, nodes=nodes, rule=rule, check="cov")
+        fn = lambda t, w, q, r: _ntk_exact(None, t, eps64, hom, r, w, q)
+        B = cov.shape[-1]
+        return _concrete(
+            fn,
+            cov,
+            (tflat,),
+            eps=eps,
+            beta=1.0,
+            tail=1.0,
+            nodes=nodes,
+            rule=rule,
+            check="cov",
+            make_out=lambda k: (jnp.zeros((k, B, B)), jnp.zeros((k, B, B))),
+        )
     srule = _resolve_nodes(nodes, cov, eps, 1.0, tail=1.0, rule=rule)
     return _ntk_exact(cov, theta, jnp.asarray(eps, dtype=cov.dtype), hom, srule)
 

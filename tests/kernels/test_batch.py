@@ -158,8 +158,8 @@ def test_sizes_from_the_extreme_eigenvalues_equal_sizes_from_all():
     ],
 )
 def test_bad_values_late_in_a_streamed_batch(where, poison, match):
-    """The values are checked while the kernels run; a bad matrix in a late chunk raises the usual error,
-    and the host pool serves the next call."""
+    """The values are checked chunk by chunk in the host tasks while the kernels of earlier chunks run; a bad
+    matrix in a late chunk raises the usual error, and the host pool serves the next call."""
     B = 8
     covs = mixed_batch(B, 320, 3)
     bad = covs.copy()
@@ -176,6 +176,64 @@ def test_bad_values_late_in_a_streamed_batch(where, poison, match):
     with pytest.raises(KernelError, match=match):
         batchnorm_ntk(bad, np.eye(B), "relu")
     assert np.all(np.isfinite(np.asarray(batchnorm_nngp(covs[:200], "relu"))))
+
+
+def test_results_arrive_asynchronously_in_their_own_buffers():
+    """On one device the concrete path scatters each call's block into donated batch buffers and returns them
+    before the kernels finish: back-to-back calls give each batch its own numbers in its own order (padding
+    rows dropped), an earlier result stays valid, and ``return_error`` and the NTK fill their buffers too."""
+    covs = mixed_batch(6, 300, 7)
+    V1 = batchnorm_nngp(covs, "relu")
+    V2 = batchnorm_nngp(covs[::-1], "relu")
+    V3, err = batchnorm_nngp(covs[:130], "relu", return_error=True)
+    V4, T4 = batchnorm_ntk(covs[:150], np.eye(6), "relu")
+    assert all(isinstance(x, jax.Array) for x in (V1, V2, V3, err, V4, T4))
+    assert not V1.is_deleted()
+    a, b = np.asarray(V1), np.asarray(V2)
+    assert rel_rows(a, b[::-1]).max() < 1e-13  # other blocks, other rule sizes: equal to the rules' accuracy
+    assert rel_rows(np.asarray(V3), a[:130]).max() < 1e-13 and err.shape == (130,) and float(jnp.max(err)) < 1e-10
+    assert rel_rows(np.asarray(V4), a[:150]).max() < 1e-13 and np.all(np.isfinite(np.asarray(T4)))
+    alone = np.stack([np.asarray(batchnorm_nngp(c, "relu")) for c in covs[-3:]])
+    assert rel_rows(a[-3:], alone).max() < 1e-13
+
+
+def test_k1_matches_mpmath_with_its_derivative():
+    """k₁(ρ) = (√(1 − ρ²) + (π − arccos ρ) ρ)/(2π) in :func:`_k1`'s form (π ρ₊ + u^{3/2} Ψ(u))/(2π) against mpmath
+    at 60 digits: relative error near rounding everywhere, also as ρ → −1 where k₁ → 0 (the arcsine form
+    lost every relative digit there); its derivative is k₀ = (π − arccos ρ)/(2π), ¼ at ρ = 0 (the kink of
+    ρ₊ and of |ρ| cancel) and finite at ρ = ±1."""
+    import mpmath as mp
+
+    rho = np.concatenate([np.linspace(-1, 1, 801), -1 + np.logspace(-15, -1, 40), 1 - np.logspace(-15, -1, 40)])
+    got = np.asarray(K._k1(jnp.asarray(rho)))
+    with mp.workdps(60):
+        ref = np.array(
+            [float((mp.sqrt(1 - mp.mpf(x) ** 2) + (mp.pi - mp.acos(mp.mpf(x))) * mp.mpf(x)) / (2 * mp.pi)) for x in rho]
+        )
+    pos = ref > 0
+    assert np.max(np.abs(got[pos] - ref[pos]) / ref[pos]) < 4 * np.finfo(float).eps * 8
+    assert np.all(got[~pos] == 0.0)
+    d = jax.vmap(jax.grad(K._k1))(jnp.asarray([-1.0, -0.5, 0.0, 0.3, 1.0]))
+    k0 = (np.pi - np.arccos([-1.0, -0.5, 0.0, 0.3, 1.0])) / (2 * np.pi)
+    assert np.max(np.abs(np.asarray(d) - k0)) < 1e-14
+
+
+def test_reduced_basis_rebuilds_the_centred_decomposition():
+    """UᵀΣU (``_reduced``) has Σ_G's spectrum less its structural zero, and ``_full_basis`` turns its
+    eigenvectors into an orthonormal eigenbasis of Σ_G = GΣG (first column 1/√B, eigenvalue 0)."""
+    B = 9
+    covs = mixed_batch(B, 20, 8)
+    U = K._range_basis(B)
+    assert np.allclose(U.T @ U, np.eye(B - 1), atol=1e-15) and np.allclose(U.T @ np.ones(B), 0, atol=1e-14)
+    lam, Y = K._host_spectra(covs)
+    G = np.eye(B) - 1.0 / B
+    for c, l, y in zip(covs, lam, Y):
+        Q = np.asarray(K._full_basis(jnp.asarray(y)))
+        SG = G @ c @ G
+        assert np.allclose(Q.T @ Q, np.eye(B), atol=1e-14)
+        assert np.allclose(Q[:, 0], 1 / math.sqrt(B)) and l[0] == 0.0
+        assert np.max(np.abs(Q @ np.diag(l) @ Q.T - SG)) < 1e-13 * np.max(np.abs(SG))
+        assert np.allclose(np.sort(l), np.sort(K._clip_spectra(np.linalg.eigvalsh(SG)[None])[0]), atol=1e-13 * l.max())
 
 
 def test_host_pool_runs_chunks_in_order_and_inline_when_nested():
