@@ -1260,9 +1260,11 @@ class _Calls:
         self.load = [0.0] * len(self.devices)
         self.parts: list[tuple[np.ndarray, Any]] = []
         self.k = flats[0].shape[0]
-        # one device: each call scatters its block into donated batch buffers (no host gather, and the result
-        # is returned before the kernels finish); several: results gathered on the host
-        self.out = make_out(self.k) if make_out is not None and len(self.devices) == 1 else None
+        # one device and a batch of a block or more: each call scatters its block into donated batch buffers (no
+        # host gather, and the result is returned before the kernels finish); else results gathered on the host
+        # (for a few matrices that costs less than the buffers' dispatches, and compiles no scatter per size)
+        buffers = make_out is not None and len(self.devices) == 1 and self.k >= _STREAM_BLOCK
+        self.out = make_out(self.k) if buffers else None
 
     def call(self, rule: SRule, idx: np.ndarray) -> None:
         """One group's matrices ``idx`` in calls of :func:`_blocks` sizes (the last padded with copies of the

@@ -181,8 +181,10 @@ def test_bad_values_late_in_a_streamed_batch(where, poison, match):
 def test_results_arrive_asynchronously_in_their_own_buffers():
     """On one device the concrete path scatters each call's block into donated batch buffers and returns them
     before the kernels finish: back-to-back calls give each batch its own numbers in its own order (padding
-    rows dropped), an earlier result stays valid, and ``return_error`` and the NTK fill their buffers too."""
+    rows dropped), an earlier result stays valid, and ``return_error`` and the NTK fill their buffers too
+    (batches of a stream block or more; smaller ones are gathered on the host)."""
     covs = mixed_batch(6, 300, 7)
+    assert K._STREAM_BLOCK <= 130
     V1 = batchnorm_nngp(covs, "relu")
     V2 = batchnorm_nngp(covs[::-1], "relu")
     V3, err = batchnorm_nngp(covs[:130], "relu", return_error=True)
