@@ -95,12 +95,6 @@ def run_inline(fn: Callable[[int, int], T], bounds: Sequence[tuple[int, int]]) -
     return out
 
 
-def wait_all(futures: Sequence[Future[Any]]) -> None:
-    """Wait for every future (their exceptions are left in them)."""
-    for f in futures:
-        f.exception()
-
-
 def raise_first(futures: Sequence[Future[Any]]) -> None:
     """Wait for every future; then raise the first exception in their order, if any (no work is left
     running behind an error)."""
