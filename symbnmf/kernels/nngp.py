@@ -278,27 +278,14 @@ def _psi(u: Any) -> Any:
 @lru_cache(maxsize=1)
 def _k1_poly() -> tuple[float, ...]:
     """Coefficients (constant first) in v = u − ¼ of the degree-:data:`_K1_DEGREE` Chebyshev interpolant of
-    :func:`_psi` on [0, ½], computed once with mpmath at 40 digits (its nearest singularity is the branch point
-    u = 1, so the coefficients fall geometrically)."""
+    :func:`_psi` on [0, ½] (``mpmath.chebyfit`` at 40 digits, once; its nearest singularity is the branch point
+    u = 1, so the error falls geometrically with the degree)."""
     import mpmath as mp
 
-    n = _K1_DEGREE
     with mp.workdps(40):
-        xs = [mp.cos(mp.pi * (k + mp.mpf(1) / 2) / (n + 1)) for k in range(n + 1)]
-        fs = [_psi((1 + x) / 4) for x in xs]  # u = (1 + x)/4 maps x ∈ [−1, 1] to [0, ½]
-        cheb = [
-            (1 if j else mp.mpf(1) / 2)
-            * 2
-            * mp.fsum(f * mp.cos(mp.pi * j * (k + mp.mpf(1) / 2) / (n + 1)) for k, f in enumerate(fs))
-            / (n + 1)
-            for j in range(n + 1)
-        ]
-        T = [[mp.mpf(1)], [mp.mpf(0), mp.mpf(1)]]  # monomial coefficients of T_j(x)
-        for j in range(2, n + 1):
-            nxt = [mp.mpf(0)] + [2 * c for c in T[j - 1]]
-            T.append([a - (T[j - 2][i] if i < len(T[j - 2]) else 0) for i, a in enumerate(nxt)])
-        mono = [mp.fsum(cheb[j] * T[j][i] for j in range(i, n + 1) if i < len(T[j])) for i in range(n + 1)]
-        return tuple(float(c * 4**i) for i, c in enumerate(mono))  # x = 4v
+        quarter = mp.mpf(1) / 4
+        coeffs = mp.chebyfit(lambda v: _psi(v + quarter), [-quarter, quarter], _K1_DEGREE + 1)
+        return tuple(float(c) for c in reversed(coeffs))  # chebyfit lists the highest degree first
 
 
 @jax.custom_jvp
@@ -1413,6 +1400,13 @@ def _chosen(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _CALL_NODES = 256
 
 
+def _run_cost(n: int, size: int) -> int:
+    """Node evaluations of ``n`` matrices evaluated with ``size`` nodes in calls of :func:`_blocks` (padding
+    included), plus :data:`_CALL_NODES` per call."""
+    blocks = _blocks(n)
+    return sum(blocks) * size + _CALL_NODES * len(blocks)
+
+
 def _merged(idx: np.ndarray, sizes: np.ndarray) -> dict[SRule, np.ndarray]:
     """Few calls for the matrices ``idx`` left over when the spectra stream in (each rule's last partial
     block): per map, the sizes are taken in order and runs of consecutive sizes share one rule, the largest
@@ -1429,19 +1423,13 @@ def _merged(idx: np.ndarray, sizes: np.ndarray) -> dict[SRule, np.ndarray]:
             continue
         rows, need = idx[sel], nodes_[sel]
         values, counts = np.unique(need, return_counts=True)
-        ends = np.cumsum(counts)
-
-        def cost(n: int, size: int) -> int:
-            blocks = _blocks(n)
-            return sum(blocks) * size + _CALL_NODES * len(blocks)
-
-        best = [0] + [0] * len(values)
+        ends = np.concatenate([[0], np.cumsum(counts)])  # the first j sizes hold ends[j] matrices
+        best = [0] * (len(values) + 1)
         cut = [0] * (len(values) + 1)
         for j in range(1, len(values) + 1):  # best[j]: the first j sizes; the last run is values[i:j]
-            options = [
-                (best[i] + cost(int(ends[j - 1] - (ends[i - 1] if i else 0)), int(values[j - 1])), i) for i in range(j)
-            ]
-            best[j], cut[j] = min(options)
+            best[j], cut[j] = min(
+                (best[i] + _run_cost(int(ends[j] - ends[i]), int(values[j - 1])), i) for i in range(j)
+            )
         j = len(values)
         while j > 0:
             i = cut[j]
