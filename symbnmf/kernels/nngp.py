@@ -49,11 +49,12 @@ is not analytic at x = 1), or when a ≤ −1.
 threads), which chooses each matrix's rule and is passed into the jitted kernels, so they do no ``eigh`` of
 their own. The decomposed matrix is UᵀΣU, Σ_G in an orthonormal basis U of 1^⊥ ((B − 1)², :func:`_reduced`;
 the kernels rebuild Q = [1/√B, U Y], :func:`_full_basis`), and the value checks run in the same host tasks.
-As the spectra arrive chunk by chunk, each matrix joins the pending group of its rule and full blocks are
-dispatched at once, so the kernels run while the host decomposes the rest (:func:`_concrete`); blocks
-have a few fixed sizes (few compiled programs). On one device each call's block is scattered into donated
-batch buffers, which are returned as soon as the host work is done: like a jitted call, the result is
-computed asynchronously, and consecutive calls overlap. Traced inputs (the caller's jit, grad, vmap) do
+As the spectra arrive chunk by chunk, the waiting matrices are dispatched in full blocks of neighbouring rule
+sizes (each block with the largest rule among its matrices), so the kernels run while the host decomposes
+the rest (:func:`_concrete`, :func:`_next_block`); blocks have a few fixed sizes (few compiled programs).
+On one device each call's block is scattered into donated batch buffers, which are returned as soon as the
+host work is done: like a jitted call, the result is computed asynchronously, and consecutive calls
+overlap. Traced inputs (the caller's jit, grad, vmap) do
 the ``eigh`` in the kernel; both paths agree to rounding (tested to 1e-13).
 """
 
@@ -394,29 +395,20 @@ def gaussian_kernels(S: Any, hom: Homogeneous, *, derivatives: bool = False) -> 
     return V, W, delta
 
 
-@lru_cache(maxsize=32)
-def _pair_selectors(B: int) -> tuple[np.ndarray, np.ndarray]:
-    """One-hot (B, P) matrices E_i, E_j with x @ E_i = x[..., iu], x @ E_j = x[..., ju] (``np.triu_indices(B, 1)``)."""
-    iu, ju = np.triu_indices(B, 1)
-    Ei, Ej = np.zeros((B, len(iu))), np.zeros((B, len(iu)))
-    Ei[iu, np.arange(len(iu))] = 1.0
-    Ej[ju, np.arange(len(iu))] = 1.0
-    return Ei, Ej
-
-
 def _pair_kernels(a: Any, Sp: Any, hom: Homogeneous) -> tuple[Any, Any]:
     """V = E[φ(z) φ(z)ᵀ] of :func:`gaussian_kernels` from the diagonal ``a`` (..., B) and the entries ``Sp``
     (..., P) of S above the diagonal (``np.triu_indices(B, 1)`` order): (diagonal, upper entries).
 
-    ρ_ij = S_ij/√(a_i a_j) and the scale √(a_i a_j) = 1/(1/√a_i · 1/√a_j): one factor per pair, spread by
-    products with one-hot matrices (XLA's CPU loops did not vectorize gathers of it; the other factor as
-    its reciprocal), so the arithmetic runs as one loop over arrays of one shape. Measured at B = 16,
-    1024 Σ, 26 nodes, one core: 9.0 ms, against 11.6 ms with gathers and 12.5 ms spreading both factors
-    by one-hot products. Rows with a_i = 0 give zeros (their factor is 0)."""
-    Ei, Ej = _pair_selectors(a.shape[-1])
+    ρ_ij = S_ij/√(a_i a_j) and the scale √(a_i a_j) = 1/(1/√a_i · 1/√a_j): one factor per pair, formed row
+    by row of the upper triangle from slices (1/√a_i times 1/√a_j for j > i: no gather, which XLA's CPU
+    loops did not vectorize), the other factor as its reciprocal, so the arithmetic runs as one loop over
+    arrays of one shape. Measured at B = 16, 1024 Σ, one core: 7.3 ms at 24 nodes and 9.3 ms at 32, against
+    7.7 and 9.7 ms spreading the factors by products with one-hot matrices (and, earlier, 11.6 ms with
+    gathers at 26 nodes). Rows with a_i = 0 give zeros (their factor is 0)."""
+    B = a.shape[-1]
     ok = a > 0
     inv = jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, a, 1.0)), 0.0)
-    ii = (inv @ Ei) * (inv @ Ej)
+    ii = jnp.concatenate([inv[..., i : i + 1] * inv[..., i + 1 :] for i in range(B - 1)], axis=-1)
     pos = ii > 0
     prod = jnp.where(pos, 1.0 / jnp.where(pos, ii, 1.0), 0.0)  # √(a_i a_j); no 0·∞ in forward-mode derivatives
     rho = jnp.clip(Sp * ii, -1.0, 1.0)
@@ -1220,8 +1212,9 @@ def _resolve_nodes(
 
 #: Matrices per call of a jitted kernel on a concrete batch (the last call of a group padded to a power of two).
 _BLOCK = 128
-#: While spectra arrive, a rule's pending matrices are dispatched in multiples of this many (B = 16, 1000 Σ, in
-#: A/B runs: 128 took 2–3% less time and 4% less CPU than 64; 32 was slower).
+#: While spectra arrive, the waiting matrices are dispatched in blocks of this many (:func:`_next_block`; B = 16,
+#: 1000 Σ, in A/B runs: with blocks of one rule 128 took 2–3% less time than 64; with mixed blocks 64 was
+#: slower and 256 no faster).
 _STREAM_BLOCK = 128
 
 
@@ -1329,9 +1322,8 @@ def _concrete(
 
     The Σ_G are decomposed on the host threads in chunks (:func:`_start_spectra`, which also checks the
     values: ``check``, ``built`` as :func:`_check_cov`, and finds each matrix's Gauss sizes); as each chunk
-    arrives, its matrices join the pending group of their own rule and every multiple of
-    :data:`_STREAM_BLOCK` is dispatched at once, so the kernels run while the host decomposes the next
-    chunks. A failed check raises (the kernels' results are dropped). The leftovers go in few calls at the end
+    arrives, its matrices join the waiting pool and every full block of :data:`_STREAM_BLOCK` is dispatched
+    at once (:func:`_next_block`), so the kernels run while the host decomposes the next chunks. A failed check raises (the kernels' results are dropped). The leftovers go in few calls at the end
     (:func:`_merged`). ``nodes``/``rule`` fix one rule for all and ε > 0 needs every spectrum for its DE
     rule: then the spectra come first and the groups of :func:`_rule_groups` (padding filled with matrices
     of smaller rules) follow. ``extra``: further per-matrix numpy inputs
@@ -1353,25 +1345,49 @@ def _concrete(
     sizes = np.empty((k, 2), dtype=np.int64)
     lam, Q, bounds, futures = _start_spectra(flat, check, built, sizes, tail)
     calls = _Calls(fn, (*extra, lam, Q), make_out)
-    pending: dict[SRule, np.ndarray] = {}
+    pool = np.zeros(0, dtype=np.int64)
     for (a, b), future in zip(bounds, futures):
         if future.exception() is not None:
             break
-        for r, idx in _by_rule(*_chosen(sizes[a:b])).items():
-            idx = a + idx
-            idx = np.concatenate([pending[r], idx]) if r in pending else idx
-            full = len(idx) - len(idx) % _STREAM_BLOCK
-            if full:
-                calls.call(r, idx[:full])
-            pending[r] = idx[full:]
+        pool = np.concatenate([pool, a + np.flatnonzero(np.max(sizes[a:b], axis=-1) > 0)])  # DE rows wait
+        while (nxt := _next_block(pool, sizes)) is not None:
+            calls.call(nxt[0], pool[nxt[1]])
+            pool = np.delete(pool, nxt[1])
     raise_first(futures)
-    rest = np.concatenate([np.zeros(0, dtype=np.int64), *pending.values()])
+    rest = pool
     de = np.flatnonzero(_chosen(sizes)[0] == 0)
     for r, idx in _merged(rest, sizes).items():
         calls.call(r, idx)
     if de.size:
         calls.call(SRule("de", _nodes_from_spectra(lam[de], eps, beta, tail)), de)
     return calls.gather(c.shape[:-2])
+
+
+def _next_block(pool: np.ndarray, sizes: np.ndarray) -> tuple[SRule, np.ndarray] | None:
+    """The next full stream block out of the matrices ``pool`` waiting for a kernel call (rows of
+    :func:`_row_sizes`'s ``sizes``, each with a Gauss size for at least one map), or None while fewer than
+    :data:`_STREAM_BLOCK` wait: the :data:`_STREAM_BLOCK` smallest sizes for one map, with the largest of
+    them as the block's rule (more nodes only lower a matrix's error), for the map whose block needs fewer
+    nodes. Returns (rule, positions in ``pool``).
+
+    The blocks mix neighbouring rule sizes, so that the kernels start once a block of matrices has arrived
+    and only the last partial block waits for the end of the host work. Blocks of one exact rule had left
+    a third to a half of a batch spread over the partial blocks of 7–9 rules until the end of the host work:
+    at B = 16, 1000 Σ, the public call took 5–9% more wall time (in-process A/B runs), although it evaluated
+    7–8% fewer nodes (Wishart Σ: 32.8 per matrix against 35.3 now; digits batches: 25.0 against 26.9)."""
+    if len(pool) < _STREAM_BLOCK:
+        return None
+    best: tuple[int, float, np.ndarray] | None = None
+    for col, power in ((0, 1.0), (1, 0.5)):
+        need = sizes[pool, col]
+        usable = int(np.count_nonzero(need))
+        if usable < _STREAM_BLOCK:
+            continue
+        order = np.argsort(np.where(need > 0, need, np.iinfo(need.dtype).max), kind="stable")[:_STREAM_BLOCK]
+        size = int(need[order[-1]])
+        if best is None or size < best[0]:
+            best = (size, power, order)
+    return None if best is None else (SRule("gauss", best[0], best[1]), best[2])
 
 
 def _by_rule(nodes: np.ndarray, half: np.ndarray) -> dict[SRule, np.ndarray]:

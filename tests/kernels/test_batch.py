@@ -118,6 +118,31 @@ def test_groups_give_every_matrix_a_rule_that_serves_it(seed):
     assert sorted(np.concatenate(list(merged.values())).tolist()) == sorted(rest.tolist())
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_stream_blocks_are_full_and_serve_every_matrix(seed):
+    """_next_block takes full blocks out of the waiting pool while one fits: each block holds
+    _STREAM_BLOCK distinct waiting matrices whose own size for the block's map is at most its rule's, the
+    smallest such sizes (no waiting matrix of that map is smaller than the block's largest and left out), and
+    fewer than a block remain for the end."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(100, 900))
+    sizes = rng.choice(np.array((0, 0) + K.GAUSS_SIZES), size=(k, 2))
+    pool = np.flatnonzero(np.max(sizes, axis=-1) > 0)
+    seen: list[int] = []
+    while (nxt := K._next_block(pool, sizes)) is not None:
+        rule, pos = nxt
+        assert len(pos) == K._STREAM_BLOCK == len(set(pos.tolist()))
+        col = 0 if rule.power == 1.0 else 1
+        own = sizes[pool[pos], col]
+        assert rule.kind == "gauss" and np.all((own > 0) & (own <= rule.nodes)) and rule.nodes in own
+        others = np.delete(sizes[pool, col], pos)
+        assert not np.any((others > 0) & (others < own.max()))
+        seen += pool[pos].tolist()
+        pool = np.delete(pool, pos)
+    assert len(set(seen)) == len(seen)
+    assert max(np.count_nonzero(sizes[pool, 0]), np.count_nonzero(sizes[pool, 1])) < K._STREAM_BLOCK
+
+
 def test_sizes_from_the_extreme_eigenvalues_equal_sizes_from_all():
     """_gauss_sizes reads κ = λ_max/λ_min against a table of the largest κ each size serves: the same sizes as
     the nearest branch point over all λ_k (none for Σ_G = 0)."""
