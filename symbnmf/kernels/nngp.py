@@ -54,8 +54,8 @@ sizes (each block with the largest rule among its matrices), so the kernels run 
 the rest (:func:`_concrete`, :func:`_next_block`); blocks have a few fixed sizes (few compiled programs).
 On one device each call's block is scattered into donated batch buffers, which are returned as soon as the
 host work is done: like a jitted call, the result is computed asynchronously, and consecutive calls
-overlap. Traced inputs (the caller's jit, grad, vmap) do
-the ``eigh`` in the kernel; both paths agree to rounding (tested to 1e-13).
+overlap. Traced inputs (the caller's jit, grad, vmap) do the ``eigh`` in the kernel; both paths agree to
+rounding (tested to 1e-13).
 """
 
 from __future__ import annotations
@@ -1328,7 +1328,8 @@ def _concrete(
     The Σ_G are decomposed on the host threads in chunks (:func:`_start_spectra`, which also checks the
     values: ``check``, ``built`` as :func:`_check_cov`, and finds each matrix's Gauss sizes); as each chunk
     arrives, its matrices join the waiting pool and every full block of :data:`_STREAM_BLOCK` is dispatched
-    at once (:func:`_next_block`), so the kernels run while the host decomposes the next chunks. A failed check raises (the kernels' results are dropped). The leftovers go in few calls at the end
+    at once (:func:`_next_block`), so the kernels run while the host decomposes the next chunks. A failed
+    check raises (the kernels' results are dropped). The leftovers go in few calls at the end
     (:func:`_merged`). ``nodes``/``rule`` fix one rule for all and ε > 0 needs every spectrum for its DE
     rule: then the spectra come first and the groups of :func:`_rule_groups` (padding filled with matrices
     of smaller rules) follow. ``extra``: further per-matrix numpy inputs
@@ -1378,8 +1379,10 @@ def _next_block(pool: np.ndarray, sizes: np.ndarray) -> tuple[SRule, np.ndarray]
     The blocks mix neighbouring rule sizes, so that the kernels start once a block of matrices has arrived
     and only the last partial block waits for the end of the host work. Blocks of one exact rule had left
     a third to a half of a batch spread over the partial blocks of 7–9 rules until the end of the host work:
-    at B = 16, 1000 Σ, the public call took 5–9% more wall time (in-process A/B runs), although it evaluated
-    7–8% fewer nodes (Wishart Σ: 32.8 per matrix against 35.3 now; digits batches: 25.0 against 26.9)."""
+    at B = 16, 1000 Σ, the public call took 3–8% (Wishart Σ) and 0–7% (digits batches) more wall time in
+    three in-process A/B runs, although it evaluated 7–8% fewer nodes (Wishart: 32.8 per matrix against
+    35.3 now; digits: 25.0 against 26.9). Choosing the window of sizes that wastes the fewest nodes instead
+    of the smallest sizes evaluated 33.1 and 25.4, with no gain in wall time."""
     if len(pool) < _STREAM_BLOCK:
         return None
     best: tuple[int, float, np.ndarray] | None = None
@@ -1429,9 +1432,9 @@ def _run_cost(n: int, size: int) -> int:
 
 
 def _merged(idx: np.ndarray, sizes: np.ndarray) -> dict[SRule, np.ndarray]:
-    """Few calls for the matrices ``idx`` left over when the spectra stream in (each rule's last partial
-    block): per map, the sizes are taken in order and runs of consecutive sizes share one rule, the largest
-    in the run (more nodes only lower the error). The runs minimise the node evaluations, padding of the
+    """Few calls for the matrices ``idx`` left over when the spectra stream in (less than a stream block for
+    either map, :func:`_next_block`): per map, the sizes are taken in order and runs of consecutive sizes
+    share one rule, the largest in the run (more nodes only lower the error). The runs minimise the node evaluations, padding of the
     calls (:func:`_blocks`) included, plus :data:`_CALL_NODES` per call (dynamic programming over the
     distinct sizes). On 1000 Wishart Σ at B = 16 cutting the sorted leftovers into blocks of 128 had
     evaluated 98 matrices with 48 nodes for the sake of a few; one call per size had cost ~13 calls of
