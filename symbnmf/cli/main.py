@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from symbnmf._errors import SymbnmfError
 
@@ -146,8 +147,11 @@ def _install_interrupt_handler() -> None:
     starts a watchdog: a KeyboardInterrupt can be swallowed where Python ignores exceptions (JAX's
     garbage-collection callback, ``__del__``), so if the process is still alive after
     :data:`INTERRUPT_GRACE_S` it removes the pending temporary outputs and exits with 130 itself.
-    Further Ctrl-C presses are ignored while this happens."""
+    Where Python reports such a swallowed interrupt (``sys.unraisablehook``), that exit happens at once,
+    without the "Exception ignored ... Traceback" Python would print. Further Ctrl-C presses are ignored
+    while this happens."""
     state = {"hit": False}
+    previous_hook = sys.unraisablehook
 
     def hard_exit() -> None:
         from symbnmf._output import remove_pending
@@ -166,9 +170,15 @@ def _install_interrupt_handler() -> None:
         timer.start()
         raise KeyboardInterrupt
 
+    def unraisable(info: Any) -> None:
+        if state["hit"] and info.exc_type is KeyboardInterrupt:  # our interrupt, lost: finish it here
+            hard_exit()
+        previous_hook(info)
+
     with contextlib.suppress(ValueError):  # not in the main thread: leave Python's default
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, handler)
+            sys.unraisablehook = unraisable
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from symbnmf.cli.main import main
+from symbnmf.cli.main import INTERRUPT_GRACE_S, main
 
 
 @pytest.fixture(autouse=True)
@@ -139,6 +139,37 @@ def test_random_expressions_eval_exit_0_or_2(capsys, expr):
 
 
 # ---- Ctrl-C ------------------------------------------------------------------------------------
+_SWALLOWED = """
+import gc, os, signal, time
+from symbnmf.cli.main import _install_interrupt_handler
+_install_interrupt_handler()
+def interrupt_inside_gc(phase, info):  # Ctrl-C lands in a gc callback, where Python ignores exceptions
+    if phase == "start":
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(10))  # the handler runs here and raises inside the callback
+gc.callbacks.append(interrupt_inside_gc)
+print(time.time(), flush=True)
+gc.collect()
+time.sleep(30)
+print("survived the interrupt")
+"""
+
+
+def test_sigint_swallowed_in_a_gc_callback_still_exits_130_at_once():
+    """A KeyboardInterrupt raised where Python ignores exceptions (a garbage-collection callback, as JAX's)
+    ends the process with 130 at once, without the "Exception ignored ... Traceback" report and without
+    waiting for the watchdog (the race CI once hit: Ctrl-C during JAX's gc callback)."""
+    p = subprocess.run(
+        [sys.executable, "-c", _SWALLOWED], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
+    ended = time.time()
+    assert p.returncode == 130, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr[-2000:]
+    assert "symbnmf: interrupted" in p.stderr and "survived" not in p.stdout
+    interrupted = float(p.stdout.split()[0])
+    assert ended - interrupted < 0.5 * INTERRUPT_GRACE_S  # not the watchdog's exit
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("delay", [1.0, 3.0, 6.0])
 def test_sigint_during_simulate_exits_130_cleanly(tmp_path, delay):
