@@ -1360,9 +1360,8 @@ def _concrete(
             calls.call(nxt[0], pool[nxt[1]])
             pool = np.delete(pool, nxt[1])
     raise_first(futures)
-    rest = pool
     de = np.flatnonzero(_chosen(sizes)[0] == 0)
-    for r, idx in _merged(rest, sizes).items():
+    for r, idx in _merged(pool, sizes).items():  # the last partial blocks
         calls.call(r, idx)
     if de.size:
         calls.call(SRule("de", _nodes_from_spectra(lam[de], eps, beta, tail)), de)
@@ -1434,9 +1433,9 @@ def _run_cost(n: int, size: int) -> int:
 def _merged(idx: np.ndarray, sizes: np.ndarray) -> dict[SRule, np.ndarray]:
     """Few calls for the matrices ``idx`` left over when the spectra stream in (less than a stream block for
     either map, :func:`_next_block`): per map, the sizes are taken in order and runs of consecutive sizes
-    share one rule, the largest in the run (more nodes only lower the error). The runs minimise the node evaluations, padding of the
-    calls (:func:`_blocks`) included, plus :data:`_CALL_NODES` per call (dynamic programming over the
-    distinct sizes). On 1000 Wishart Σ at B = 16 cutting the sorted leftovers into blocks of 128 had
+    share one rule, the largest in the run (more nodes only lower the error). The runs minimise the node
+    evaluations, padding of the calls (:func:`_blocks`) included, plus :data:`_CALL_NODES` per call
+    (dynamic programming over the distinct sizes). On 1000 Wishart Σ at B = 16 cutting the sorted leftovers into blocks of 128 had
     evaluated 98 matrices with 48 nodes for the sake of a few; one call per size had cost ~13 calls of
     0.2–0.4 ms at the end of a batch."""
     nodes_, half = _chosen(sizes[idx])
