@@ -24,6 +24,7 @@ Goals are judged on ratios and conditions and printed as PASS/FAIL lines. Nothin
 
     python benchmarks/bench_kernels.py            # B = 4, 16, 64 accuracy; 1000 Σ; 50 layers at B = 128
     python benchmarks/bench_kernels.py --quick    # small: smoke test
+    python benchmarks/bench_kernels.py --xla-threads 1   # XLA's CPU client on one thread (PJRT_NPROC=1)
 """
 
 from __future__ import annotations
@@ -252,7 +253,13 @@ def deep_kernels_fn(depth: int, nodes: int, w_std: float = 1.0, b_std: float = 0
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    p.add_argument("--repeat", type=int, default=None, help="timing rounds (default 5, quick 3)")
+    p.add_argument("--repeat", type=int, default=None, help="timing rounds (default 11, quick 3)")
+    p.add_argument(
+        "--xla-threads",
+        type=int,
+        default=None,
+        help="threads of XLA's CPU client (sets PJRT_NPROC before JAX starts it: process-wide; default: all cores)",
+    )
     p.add_argument(
         "--ref-dps-large",
         type=int,
@@ -265,14 +272,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and os.path.exists(args.json) and not args.force:
         print(f"{args.json} exists; pass --force to overwrite", file=sys.stderr)
         return 2
+    if args.xla_threads is not None:
+        if args.xla_threads < 1:
+            print("--xla-threads must be >= 1", file=sys.stderr)
+            return 2
+        os.environ["PJRT_NPROC"] = str(args.xla_threads)  # read once, when JAX creates its CPU client (below)
+    xla_threads = os.environ.get("PJRT_NPROC", "all cores")
     quick = args.quick
-    repeat = args.repeat or (3 if quick else 5)
+    repeat = args.repeat or (3 if quick else 11)
     from symbnmf.kernels import batchnorm_nngp
     from symbnmf.kernels.nngp import choose_rule, nodes_needed
 
-    out: dict[str, Any] = {"quick": quick, "repeat": repeat, "cpu_count": os.cpu_count(), "jax": jax.__version__}
+    out: dict[str, Any] = {
+        "quick": quick,
+        "repeat": repeat,
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "xla_threads": xla_threads,
+    }
     goals: list[tuple[str, bool, str]] = []
-    print(f"# bench_kernels  ({'quick' if quick else 'full'}; {os.cpu_count()} CPUs; jax {jax.__version__}; float64)")
+    print(
+        f"# bench_kernels  ({'quick' if quick else 'full'}; {os.cpu_count()} CPUs; jax {jax.__version__}; float64; "
+        f"XLA CPU threads: {xla_threads})"
+    )
 
     # --- accuracy ----------------------------------------------------------------------------
     acc_Bs = [4, 16] if quick else [4, 16, 64]
@@ -366,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         goals.append(
             (
-                f">= 10x GP4A-style throughput at B = 16, batched public call vs the per-Σ anchor ({fam})",
+                f">= 10x GP4A-style throughput at B = 16, batched public call vs the per-Σ anchor ({fam}; "
+                f"XLA threads: {xla_threads})",
                 ratio_c >= 10,
                 f"{ratio_c:.2f}x (CPU time {ratio_cpu:.2f}x; jit with one rule {ratio_l:.2f}x; "
                 f"vs numpy-batched GP4A {ratio_b:.2f}x)",

@@ -387,3 +387,32 @@ def test_calibration_script_stays_within_its_bound():
     assert proc.returncode == 0, proc.stderr[-2000:]
     worst = float(proc.stdout.strip().splitlines()[-1].split()[-1])
     assert worst < 1e-13, proc.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_and_reports_its_configuration(tmp_path):
+    """benchmarks/bench_kernels.py --quick runs end to end: its accuracy goal passes (the throughput goals are
+    timing, judged in the full run), the JSON records the XLA thread setting it ran with (``--xla-threads``
+    sets PJRT_NPROC for its own process), a bad thread count and an existing --json file are refused."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = os.path.join(root, "benchmarks", "bench_kernels.py")
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, script, *args], capture_output=True, text=True, timeout=600, cwd=root, env=env
+        )
+
+    proc = run("--quick", "--xla-threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["xla_threads"] == "1" and data["quick"]
+    goals = {g["goal"]: g["pass"] for g in data["goals"]}
+    assert goals["relative error <= 1e-12 everywhere"], data["accuracy"]
+    assert sum("GP4A-style throughput" in g for g in goals) == 2
+    assert "XLA CPU threads: 1" in proc.stdout
+    refused = run("--quick", "--json", str(out))
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    bad = run("--quick", "--xla-threads", "0")
+    assert bad.returncode == 2 and "--xla-threads" in bad.stderr
